@@ -1,0 +1,101 @@
+"""`harness` command line: run experiments, rebuild reports, list datasets, validate configs.
+
+Every subcommand is a thin shell over a function that can be called from Python. User errors
+(`harness.errors.UserError`) become one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import EXIT_USER_ERROR, UserError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import run_experiment
+
+    return run_experiment(
+        Path(args.experiment),
+        results_dir=Path(args.results) if args.results else None,
+        overrides=args.set,
+        dry_run=args.dry_run,
+        jobs=args.jobs,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    build_report(Path(args.results_dir), out_dir=Path(args.out) if args.out else None)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from harness.experiment import load_experiment
+
+    for path in args.experiments:
+        experiment = load_experiment(Path(path), overrides=args.set)
+        print(f"{path}: ok ({experiment.name})")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from harness.data import print_dataset_table
+
+    print_dataset_table(data_dir=Path(args.data_dir) if args.data_dir else None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Compare very deep VAEs with autoregressive image models: bits/dim, "
+        "parameters, FLOPs, training and sampling throughput.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an experiment file (train, evaluate, report)")
+    run.add_argument("experiment", help="experiments/<name>.yaml")
+    run.add_argument("--results", metavar="DIR", help="write results and report here "
+                     "instead of results/<experiment>/")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value by dotted key (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="run N cells in parallel processes (default 1)")
+    run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="rebuild tables, figures and PDF from a results folder")
+    report.add_argument("results_dir", help="results/<experiment>/")
+    report.add_argument("--out", metavar="DIR", help="where to write (default reports/)")
+    report.set_defaults(func=_cmd_report)
+
+    validate = sub.add_parser("validate", help="check experiment files without running them")
+    validate.add_argument("experiments", nargs="+")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(func=_cmd_validate)
+
+    datasets = sub.add_parser("datasets", help="list datasets, where they were found, sizes")
+    datasets.add_argument("--data-dir", metavar="DIR",
+                          help="harness data directory (default $HARNESS_DATA)")
+    datasets.set_defaults(func=_cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"harness: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("harness: interrupted; completed work is saved and a re-run resumes",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

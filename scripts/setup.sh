@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create .venv with everything the harness and its tests need. Idempotent: re-running is fast.
+# torch is installed explicitly first: `torch==2.13.0` is the CPU build these machines keep on
+# local disk; a bare `torch` requirement would make pip download a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_SPEC="${HARNESS_TORCH_SPEC:-torch==2.13.0}"
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    python3 -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+if ! python -c "import torch" 2>/dev/null; then
+    echo "setup: installing $TORCH_SPEC" >&2
+    pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
+fi
+if ! python -c "import harness, pytest_benchmark, seaborn, PIL" 2>/dev/null \
+        || [ pyproject.toml -nt .venv/.harness-installed ]; then
+    echo "setup: installing the harness and its dependencies" >&2
+    pip install --quiet --disable-pip-version-check -e ".[dev]"
+    touch .venv/.harness-installed
+fi
+
+# Real data: Fashion-MNIST from Debian's package, when apt is here and we may use it.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing dataset-fashion-mnist (apt)" >&2
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 \
+             && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) \
+        || echo "setup: could not install dataset-fashion-mnist; tests needing it will skip" >&2
+fi

@@ -1,0 +1,40 @@
+"""Shared test settings: one torch thread (CI has 2 cores and runs several tests' worth of work),
+deterministic seeds, and the path of the reference vectors in ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_shared() -> Path | None:
+    env = os.environ.get("HARNESS_SHARED")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO_ROOT.parent / "shared", REPO_ROOT / "shared"]
+    for candidate in candidates:
+        if (candidate / "vdvae_reference").is_dir():
+            return candidate
+    return None
+
+
+SHARED = _find_shared()
+
+
+@pytest.fixture
+def reference_dir() -> Path:
+    """../shared/vdvae_reference (the golden vectors); skipped with a reason when absent."""
+    if SHARED is None:
+        pytest.skip("../shared/vdvae_reference not found (set HARNESS_SHARED)")
+    return SHARED / "vdvae_reference"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
