@@ -1,0 +1,75 @@
+"""The shared foundation: user errors become one line and exit 2; writes are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from harness import atomic
+from harness.cli import main
+from harness.errors import UserError, closest, unknown_name_error
+
+
+def test_user_error_is_one_line():
+    error = UserError("bad value\n  in file x.yaml\n")
+    assert str(error) == "bad value in file x.yaml"
+
+
+def test_unknown_name_error_suggests_closest():
+    error = unknown_name_error("dataset", "fashon_mnist", ["mnist", "fashion_mnist", "cifar10"])
+    assert str(error) == ("unknown dataset 'fashon_mnist'. Did you mean 'fashion_mnist'? "
+                          "Valid: cifar10, fashion_mnist, mnist")
+    assert closest("zzzz", ["mnist"]) is None
+
+
+def test_cli_turns_user_error_into_exit_2_without_traceback(monkeypatch, capsys):
+    import harness.cli as cli
+
+    def failing(_args):
+        raise UserError("unknown dataset 'x'. Valid: mnist")
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["datasets"])
+    monkeypatch.setattr(cli, "build_parser", lambda: _FixedParser(args, failing))
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err == "harness: error: unknown dataset 'x'. Valid: mnist\n"
+
+
+class _FixedParser:
+    def __init__(self, args, func):
+        self.args = args
+        self.args.func = func
+
+    def parse_args(self, _argv):
+        return self.args
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    atomic.write_json(target, {"x": 1})
+    atomic.write_json(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert os.listdir(target.parent) == ["a.json"]  # no temporary files left
+
+
+def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "a.txt"
+    atomic.write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_open(target) as handle:
+            handle.write(b"partial")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_read_jsonl_skips_torn_last_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    atomic.append_jsonl(path, {"step": 1})
+    atomic.append_jsonl(path, {"step": 2})
+    with open(path, "a") as handle:
+        handle.write('{"step": 3')  # a crash mid-append
+    assert atomic.read_jsonl(path) == [{"step": 1}, {"step": 2}]
