@@ -1,0 +1,315 @@
+"""Test-set evaluation: bits/dim with confidence intervals, VAE terms, IW bound, costs, samples.
+
+For every weights name ("raw" = final weights, "ema" = bias-corrected EMA weights) this computes,
+over EVERY test image (the last partial batch included; the reference's `drop_last` loses some):
+
+* `test_bits_per_dim` and `test_bits_per_dim_ci95` (1.96 · sd / √N over images): the negative
+  ELBO of a VAE (VDVAE, Section 3: one posterior sample, analytic KL) or the exact NLL of an
+  autoregressive model, i.e. the model's `loss_nats_per_dim` in bits;
+* every other per-image `*_nats_per_dim` entry of the loss dict in bits (a VAE's
+  `distortion_bits_per_dim`, `rate_bits_per_dim`) and every (N, L) `*_nats_per_layer` entry per
+  layer (`kl_bits_per_dim` with `layer`);
+* `active_units` (Burda et al. 2016, Section 5.2: Cov_x(E_q[z]) > threshold), total and per
+  layer, for models with `posterior_means`;
+* `iw_bits_per_dim` with `k` on the first `iw_max_images` images, for models with
+  `iw_nll_bits_per_dim` (Burda et al. 2016, Eq. 8);
+
+and once per call: `params`, `flops_per_image`, `sample_images_per_s` for each sampler
+(`ancestral` for models whose `sample` takes a temperature, each of `sample_methods` for models
+whose `sample` takes a `method`), and a sample grid `samples.png`.
+
+Common random numbers: the posterior noise of the batch starting at image i is seeded from
+(noise_seed, i), so models evaluated with the same noise seed and batch size see the same noise
+per image, and per-image differences between two cells are paired.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness import atomic, throughput
+from harness.errors import UserError
+from models.likelihoods import nats_to_bits
+from models.registry import count_parameters
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The experiment YAML's `eval:` section. `iw_k` 0 skips the importance-weighted bound;
+    `iw_max_images` None evaluates it on every test image (its cost is k forward passes per
+    image); `iw_chunk_size` images go through one `iw_nll_bits_per_dim` call."""
+
+    batch_size: int = 500
+    weights: tuple[str, ...] = ("raw", "ema")
+    iw_k: int = 0
+    iw_max_images: int | None = 1000
+    iw_chunk_size: int = 16
+    noise_seed: int = 0
+    sample_batch_size: int = 16
+    sample_repeats: int = 3
+    sample_warmup: int = 1
+    sample_methods: tuple[str, ...] = ("naive", "cached")
+    n_grid_samples: int = 64
+    flops: bool = True
+    active_unit_threshold: float = 0.01
+
+    def __post_init__(self):
+        def bad(name: str, expectation: str):
+            raise ValueError(f"eval.{name} = {getattr(self, name)!r}: {expectation}")
+
+        for name in ("batch_size", "iw_chunk_size", "sample_batch_size", "sample_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(name, "must be a whole number >= 1")
+        for name in ("iw_k", "noise_seed", "sample_warmup", "n_grid_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(name, "must be a whole number >= 0")
+        if self.iw_max_images is not None and (isinstance(self.iw_max_images, bool) or not
+                                               isinstance(self.iw_max_images, int)
+                                               or self.iw_max_images < 1):
+            bad("iw_max_images", "must be a whole number >= 1, or null for every test image")
+        for name in ("weights", "sample_methods"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                bad(name, "must be a list of names")
+            object.__setattr__(self, name, tuple(value))
+        if not self.weights:
+            bad("weights", "name at least one of raw, ema")
+        if not isinstance(self.flops, bool):
+            bad("flops", "must be true or false")
+        if isinstance(self.active_unit_threshold, bool) or not isinstance(
+                self.active_unit_threshold, (int, float)) or self.active_unit_threshold < 0:
+            bad("active_unit_threshold", "must be a number >= 0")
+        object.__setattr__(self, "active_unit_threshold", float(self.active_unit_threshold))
+
+
+def _batch_seed(noise_seed: int, first_image: int) -> int:
+    return int(np.random.SeedSequence([noise_seed, first_image]).generate_state(1)[0])
+
+
+def ci95(values: np.ndarray) -> float:
+    """Half-width of the normal 95% confidence interval of the mean: 1.96 · sd / √N."""
+    if values.size < 2:
+        return 0.0
+    return float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
+
+
+def likelihood_pass(model: nn.Module, images: torch.Tensor, batch_size: int,
+                    noise_seed: int) -> tuple[dict[str, np.ndarray], float]:
+    """Per-image float64 arrays of every (N,) and (N, L) entry of `model.loss` over all images,
+    and the pass's images/s (synchronised). Batches are seeded from (noise_seed, first index)."""
+    device = throughput.model_device(model)
+    n = images.shape[0]
+    arrays: dict[str, np.ndarray] = {}
+    throughput.synchronize(device)
+    start = time.perf_counter()
+    for first in range(0, n, batch_size):
+        batch = images[first:first + batch_size].to(device)  # (b, C, H, W) uint8
+        torch.manual_seed(_batch_seed(noise_seed, first))
+        out = model.loss(batch)
+        for key, value in out.items():
+            if not isinstance(value, torch.Tensor) or value.dim() not in (1, 2) \
+                    or value.shape[0] != batch.shape[0]:
+                continue
+            if key not in arrays:
+                arrays[key] = np.empty((n,) + tuple(value.shape[1:]), dtype=np.float64)
+            arrays[key][first:first + batch.shape[0]] = value.double().cpu().numpy()
+    throughput.synchronize(device)
+    return arrays, n / max(time.perf_counter() - start, 1e-9)
+
+
+def active_units(model: nn.Module, images: torch.Tensor, batch_size: int, noise_seed: int,
+                 threshold: float) -> list[tuple[int, int]]:
+    """(active, total) latent units per layer: units whose posterior mean varies across images
+    with variance > threshold (population variance over all images, float64 sums)."""
+    device = throughput.model_device(model)
+    sums: list[torch.Tensor] = []
+    squares: list[torch.Tensor] = []
+    n = images.shape[0]
+    for first in range(0, n, batch_size):
+        batch = images[first:first + batch_size].to(device)
+        torch.manual_seed(_batch_seed(noise_seed, first))
+        means = model.posterior_means(batch)  # list of (b, zdim, R, R)
+        if not sums:
+            sums = [torch.zeros(m.shape[1:], dtype=torch.float64, device=device) for m in means]
+            squares = [torch.zeros_like(s) for s in sums]
+        for layer, mean in enumerate(means):
+            mean = mean.double()
+            sums[layer] += mean.sum(0)
+            squares[layer] += (mean * mean).sum(0)
+    counts = []
+    for total, square in zip(sums, squares):
+        variance = square / n - (total / n) ** 2
+        counts.append((int((variance > threshold).sum()), variance.numel()))
+    return counts
+
+
+def iw_pass(model: nn.Module, images: torch.Tensor, k: int, chunk_size: int,
+            noise_seed: int) -> np.ndarray:
+    """Per-image importance-weighted NLL bound (bits/dim, float64) with k samples."""
+    device = throughput.model_device(model)
+    values = np.empty(images.shape[0], dtype=np.float64)
+    for first in range(0, images.shape[0], chunk_size):
+        batch = images[first:first + chunk_size].to(device)
+        torch.manual_seed(_batch_seed(noise_seed + 1, first))
+        values[first:first + batch.shape[0]] = \
+            model.iw_nll_bits_per_dim(batch, k).double().cpu().numpy()
+    return values
+
+
+def sampler_settings(model: nn.Module, methods: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """(method label, sample kwargs) for each way this model samples, from its signature:
+    `method=` (autoregressive: naive / cached), `temperature=` (VAE: ancestral at t = 1)."""
+    parameters = inspect.signature(model.sample).parameters
+    if "method" in parameters:
+        return [(method, {"method": method}) for method in methods]
+    if "temperature" in parameters:
+        return [("ancestral", {"temperature": 1.0})]
+    return [("default", {})]
+
+
+def image_grid(images: torch.Tensor, pad: int = 2) -> np.ndarray:
+    """uint8 (n, C, H, W) -> one (rows·(H+pad)+pad, cols·(W+pad)+pad, C) image, white gaps."""
+    n, c, h, w = images.shape
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    array = images.permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, C)
+    for index in range(n):
+        top = pad + (index // cols) * (h + pad)
+        left = pad + (index % cols) * (w + pad)
+        canvas[top:top + h, left:left + w] = array[index]
+    return canvas
+
+
+def save_png(canvas: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    image = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def _weights_rows(name: str, model: nn.Module, images: torch.Tensor, config: EvalConfig,
+                  out_dir: Path) -> list[dict[str, Any]]:
+    arrays, images_per_s = likelihood_pass(model, images, config.batch_size, config.noise_seed)
+    if "loss_nats_per_dim" not in arrays:
+        raise UserError(f"model {type(model).__name__}.loss returned no (N,) "
+                        f"'loss_nats_per_dim'; it cannot be evaluated")
+    base = {"split": "test", "weights": name}
+    n = images.shape[0]
+    bits = nats_to_bits(arrays.pop("loss_nats_per_dim"))
+    save_npy(bits, out_dir / f"per_image_test_bits_per_dim_{name}.npy")
+    rows = [{"metric": "test_bits_per_dim", "value": float(bits.mean()), "n_images": n, **base},
+            {"metric": "test_bits_per_dim_ci95", "value": ci95(bits), "n_images": n, **base},
+            {"metric": "eval_images_per_s", "value": images_per_s,
+             "batch_size": config.batch_size, **base}]
+    for key, values in sorted(arrays.items()):
+        if values.ndim == 1 and key.endswith("_nats_per_dim"):
+            rows.append({"metric": key[:-len("_nats_per_dim")] + "_bits_per_dim",
+                         "value": float(nats_to_bits(values).mean()), **base})
+        elif values.ndim == 2 and key.endswith("_nats_per_layer"):
+            metric = key[:-len("_nats_per_layer")] + "_bits_per_dim"
+            for layer, value in enumerate(nats_to_bits(values).mean(axis=0)):
+                rows.append({"metric": metric, "value": float(value), "layer": layer, **base})
+    if hasattr(model, "posterior_means"):
+        counts = active_units(model, images, config.batch_size, config.noise_seed,
+                              config.active_unit_threshold)
+        rows.append({"metric": "active_units", "value": sum(a for a, _ in counts),
+                     "units": sum(t for _, t in counts),
+                     "threshold": config.active_unit_threshold, **base})
+        for layer, (active, total) in enumerate(counts):
+            rows.append({"metric": "active_units", "value": active, "layer": layer,
+                         "units": total, "threshold": config.active_unit_threshold, **base})
+    if config.iw_k > 0 and hasattr(model, "iw_nll_bits_per_dim"):
+        n_iw = n if config.iw_max_images is None else min(n, config.iw_max_images)
+        iw = iw_pass(model, images[:n_iw], config.iw_k, config.iw_chunk_size, config.noise_seed)
+        save_npy(iw, out_dir / f"per_image_iw_bits_per_dim_{name}.npy")
+        context = {"k": config.iw_k, "n_images": n_iw, **base}
+        rows += [{"metric": "iw_bits_per_dim", "value": float(iw.mean()), **context},
+                 {"metric": "iw_bits_per_dim_ci95", "value": ci95(iw), **context}]
+    return rows
+
+
+def _cost_rows(model: nn.Module, images: torch.Tensor, config: EvalConfig,
+               out_dir: Path) -> list[dict[str, Any]]:
+    device = throughput.model_device(model)
+    rows: list[dict[str, Any]] = [{"metric": "params", "value": count_parameters(model)}]
+    if config.flops:
+        torch.manual_seed(config.noise_seed)
+        rows.append({"metric": "flops_per_image",
+                     "value": throughput.flops_per_image(model, images[:1])})
+    image_size = int(images.shape[-1])
+    settings = sampler_settings(model, config.sample_methods)
+    for method, kwargs in settings:
+        generator = torch.Generator(device=device).manual_seed(config.noise_seed)
+        rate = throughput.sampling_images_per_s(model, config.sample_batch_size,
+                                                config.sample_repeats, config.sample_warmup,
+                                                generator=generator, **kwargs)
+        row = {"metric": "sample_images_per_s", "value": rate, "method": method,
+               "batch_size": config.sample_batch_size, "image_size": image_size,
+               "repeats": config.sample_repeats}
+        if "temperature" in kwargs:
+            row["temperature"] = kwargs["temperature"]
+        rows.append(row)
+    if config.n_grid_samples:
+        # The fastest sampler draws the grid (the cached one of an autoregressive model).
+        method, kwargs = next(((m, k) for m, k in settings if m == "cached"), settings[0])
+        generator = torch.Generator(device=device).manual_seed(config.noise_seed)
+        samples = model.sample(config.n_grid_samples, generator=generator, **kwargs)
+        assert samples.dtype == torch.uint8 and samples.shape[1:] == images.shape[1:], \
+            (samples.dtype, samples.shape)
+        save_png(image_grid(samples), out_dir / "samples.png")
+    return rows
+
+
+def evaluate(models: dict[str, nn.Module], test_images, config: EvalConfig,
+             out_dir: Path) -> list[dict[str, Any]]:
+    """Evaluate each of `config.weights` (keys of `models`: "raw", "ema") on every test image.
+
+    test_images: uint8 (N, C, H, W) tensor or array, in test-split order (possibly memory-mapped;
+    only one batch at a time is read). Writes `out_dir/per_image_test_bits_per_dim_<weights>.npy`
+    (float64, test-split order), `per_image_iw_bits_per_dim_<weights>.npy` when the IW bound is
+    computed, and `samples.png` (drawn with the EMA weights when present). Returns tidy rows
+    (docs/results.md); the caller adds experiment, cell, model and dataset. The caller's RNG state
+    is left as it was.
+    """
+    if isinstance(test_images, np.ndarray):
+        test_images = torch.from_numpy(test_images)
+    assert test_images.dtype == torch.uint8 and test_images.dim() == 4, \
+        (test_images.dtype, tuple(test_images.shape))
+    missing = [name for name in config.weights if name not in models]
+    if missing:
+        raise UserError(f"eval.weights names {', '.join(missing)} but the run produced only "
+                        f"{', '.join(models) or 'no weights'}; list only those")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = {name: models[name] for name in config.weights}
+    device = throughput.model_device(next(iter(chosen.values())))
+    devices = [device.index or 0] if device.type == "cuda" else []
+    rows: list[dict[str, Any]] = []
+    with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        for name, model in chosen.items():
+            model.eval()
+            rows += _weights_rows(name, model, test_images, config, out_dir)
+        sampler = chosen.get("ema", next(iter(chosen.values())))
+        rows += _cost_rows(sampler, test_images, config, out_dir)
+    return rows
