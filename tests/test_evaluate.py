@@ -1,0 +1,154 @@
+"""Evaluation rows: every test image, CI, VAE terms, active units, IW bound, costs, samples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import TinyAutoregressive, TinyConfig, TinyVAE, realish_images
+
+from harness.errors import UserError
+from harness.evaluate import EvalConfig, evaluate, image_grid
+from models.likelihoods import nats_to_bits
+
+FAST = dict(batch_size=5, sample_batch_size=4, sample_repeats=2, sample_warmup=1,
+            n_grid_samples=6)
+
+
+def _rows(rows, metric, **context):
+    return [r for r in rows if r["metric"] == metric
+            and all(r.get(k) == v for k, v in context.items())]
+
+
+def _one(rows, metric, **context):
+    found = _rows(rows, metric, **context)
+    assert len(found) == 1, (metric, context, found)
+    return found[0]["value"]
+
+
+def test_every_test_image_is_scored_when_n_is_not_a_batch_multiple(tmp_path):
+    torch.manual_seed(0)
+    model = TinyAutoregressive(TinyConfig(noise_std=0.0)).eval()
+    images = realish_images(23)
+    rows = evaluate({"raw": model}, images, EvalConfig(weights=("raw",), **FAST), tmp_path)
+    per_image = np.load(tmp_path / "per_image_test_bits_per_dim_raw.npy")
+    assert per_image.dtype == np.float64 and per_image.shape == (23,)
+    with torch.no_grad():
+        direct = nats_to_bits(model.loss(images)["loss_nats_per_dim"]).double().numpy()
+    np.testing.assert_allclose(per_image, direct, rtol=1e-6)
+    assert _one(rows, "test_bits_per_dim", weights="raw", split="test") == \
+        pytest.approx(per_image.mean())
+    assert _one(rows, "test_bits_per_dim_ci95", weights="raw") == \
+        pytest.approx(1.96 * per_image.std(ddof=1) / math.sqrt(23))
+    assert _rows(rows, "test_bits_per_dim")[0]["n_images"] == 23
+
+
+def test_autoregressive_rows_costs_and_samples(tmp_path):
+    torch.manual_seed(0)
+    raw, ema = TinyAutoregressive().eval(), TinyAutoregressive().eval()
+    rows = evaluate({"raw": raw, "ema": ema}, realish_images(12), EvalConfig(**FAST), tmp_path)
+    assert {r["weights"] for r in _rows(rows, "test_bits_per_dim")} == {"raw", "ema"}
+    assert _one(rows, "params") == sum(p.numel() for p in raw.parameters())
+    # Conv 1->8 3x3 and 8->256 1x1 on 8x8: 2·MACs per image.
+    assert _one(rows, "flops_per_image") == 2 * 64 * (1 * 8 * 9 + 8 * 256)
+    speed = _rows(rows, "sample_images_per_s")
+    assert sorted(r["method"] for r in speed) == ["cached", "naive"]
+    assert all(r["value"] > 0 and r["batch_size"] == 4 and r["image_size"] == 8 for r in speed)
+    assert not _rows(rows, "iw_bits_per_dim") and not _rows(rows, "active_units")
+    for name in ("raw", "ema"):
+        assert (tmp_path / f"per_image_test_bits_per_dim_{name}.npy").exists()
+    grid = Image.open(tmp_path / "samples.png")
+    assert grid.size == (3 * 10 + 2, 2 * 10 + 2) and grid.mode == "L"
+
+
+def test_vae_terms_active_units_and_iw_bound(tmp_path):
+    torch.manual_seed(0)
+    model = TinyVAE().eval()
+    with torch.no_grad():  # layer 1's posterior ignores the image: no active units there
+        model.posteriors[0].weight.mul_(100.0)
+        model.posteriors[1].weight.zero_()
+    images = realish_images(17)
+    config = EvalConfig(weights=("ema",), iw_k=4, iw_max_images=7, iw_chunk_size=3, **FAST)
+    rows = evaluate({"ema": model}, images, config, tmp_path)
+    total = _one(rows, "test_bits_per_dim", weights="ema")
+    distortion = _one(rows, "distortion_bits_per_dim", weights="ema")
+    rate = _one(rows, "rate_bits_per_dim", weights="ema")
+    kl = [r["value"] for r in sorted(_rows(rows, "kl_bits_per_dim"), key=lambda r: r["layer"])]
+    assert len(kl) == 2 and total == pytest.approx(distortion + rate)
+    assert sum(kl) == pytest.approx(rate)
+    active = sorted((r for r in _rows(rows, "active_units") if "layer" in r),
+                    key=lambda r: r["layer"])
+    with torch.no_grad():  # the definition, computed directly on all images at once
+        expected = [int((m.double().var(dim=0, unbiased=False) > 0.01).sum())
+                    for m in model.posterior_means(images)]
+    assert expected[0] > 0 and expected[1] == 0
+    assert [(r["value"], r["units"]) for r in active] == [(expected[0], 2), (0, 8)]
+    assert [r["value"] for r in _rows(rows, "active_units") if "layer" not in r] == [expected[0]]
+    iw = _rows(rows, "iw_bits_per_dim")
+    assert len(iw) == 1 and iw[0]["k"] == 4 and iw[0]["n_images"] == 7
+    assert np.load(tmp_path / "per_image_iw_bits_per_dim_ema.npy").shape == (7,)
+    speed = _rows(rows, "sample_images_per_s")
+    assert [(r["method"], r["temperature"]) for r in speed] == [("ancestral", 1.0)]
+    assert (tmp_path / "samples.png").exists()
+
+
+def test_common_random_numbers_and_caller_rng_untouched(tmp_path):
+    torch.manual_seed(0)
+    model = TinyVAE().eval()
+    images = realish_images(11)
+    config = EvalConfig(weights=("raw",), flops=False, n_grid_samples=0, sample_repeats=1,
+                        sample_warmup=0, batch_size=4)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    evaluate({"raw": model}, images, config, tmp_path / "a")
+    assert torch.equal(torch.get_rng_state(), before)
+    evaluate({"raw": model}, images, config, tmp_path / "b")
+    first = np.load(tmp_path / "a" / "per_image_test_bits_per_dim_raw.npy")
+    second = np.load(tmp_path / "b" / "per_image_test_bits_per_dim_raw.npy")
+    assert np.array_equal(first, second)
+    evaluate({"raw": model}, images, EvalConfig(**{**config.__dict__, "noise_seed": 1}),
+             tmp_path / "c")
+    assert not np.array_equal(first, np.load(tmp_path / "c" / "per_image_test_bits_per_dim_raw.npy"))
+
+
+def test_missing_weights_and_bad_config():
+    with pytest.raises(UserError, match="eval.weights"):
+        evaluate({"raw": TinyVAE()}, realish_images(3), EvalConfig(), "unused")
+    with pytest.raises(ValueError, match=r"eval\.batch_size"):
+        EvalConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"eval\.weights"):
+        EvalConfig(weights="raw")
+    assert EvalConfig(weights=["ema"]).weights == ("ema",)
+
+
+def test_image_grid_layout():
+    images = torch.arange(5 * 3 * 2 * 2, dtype=torch.uint8).view(5, 3, 2, 2)
+    grid = image_grid(images, pad=1)
+    assert grid.shape == (2 * 3 + 1, 3 * 3 + 1, 3)
+    assert np.array_equal(grid[1:3, 4:6], images[1].permute(1, 2, 0).numpy())
+    assert (grid[4:6, 7:9] == 255).all()  # the sixth cell is empty
+
+
+class _SleepySampler(torch.nn.Module):
+    """sample() takes 50 ms on the warm-up call, then 20, 40, 30 ms."""
+
+    def __init__(self):
+        super().__init__()
+        self.delays = [0.05, 0.02, 0.04, 0.03]
+
+    def sample(self, n, generator=None):
+        import time
+
+        time.sleep(self.delays.pop(0))
+        return torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
+
+
+def test_sampling_throughput_is_the_median_after_warmup():
+    from harness.throughput import peak_memory_bytes, sampling_images_per_s
+
+    rate = sampling_images_per_s(_SleepySampler(), batch_size=6, repeats=3, warmup=1)
+    assert rate == pytest.approx(6 / 0.03, rel=0.25)
+    assert peak_memory_bytes("cpu") > 10_000_000  # a Python process with torch loaded
