@@ -155,3 +155,15 @@ def data_root(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HARNESS_DOWNLOAD", "0")
     monkeypatch.setattr(paths, "SYSTEM_DIRS", {})
     return root
+
+
+def encode_index_nhwc(n: int, height: int, width: int) -> np.ndarray:
+    """`(n, H, W, 3)` images that read back through NHWC->NCHW as `encode_index` images."""
+    return np.ascontiguousarray(encode_index(n, (3, height, width)).transpose(0, 2, 3, 1))
+
+
+def write_png_folder(folder: Path, n: int, size: int, *, start: int = 0) -> None:
+    """`n` RGB PNGs `00000.png`... whose pixels encode their index (from `start`)."""
+    images = encode_index_nhwc(start + n, size, size)[start:]
+    for i, pixels in enumerate(images):
+        write_png(folder / f"{start + i:05d}.png", pixels)
