@@ -78,11 +78,18 @@ def download_file(url_base: str, remote: RemoteFile, target_dir: Path, *, how_to
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, \
                 atomic.atomic_open(target) as handle:
+            received = 0
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 handle.write(chunk)
+                received += len(chunk)
                 md5.update(chunk)
                 if gunzip is not None:
                     gunzip.update(chunk)
+            promised = response.headers.get("Content-Length")
+            if promised is not None and promised.isdigit() and int(promised) != received:
+                # read(n) returns b"" at a dropped connection instead of raising.
+                raise ConnectionError(f"connection closed after {received:,} of "
+                                      f"{int(promised):,} bytes")
             if remote.md5 and md5.hexdigest() != remote.md5:
                 raise _ChecksumMismatch(f"md5 {md5.hexdigest()}, expected {remote.md5}")
             if gunzip is not None and gunzip.hexdigest() != remote.sha256_gunzip:
@@ -95,6 +102,6 @@ def download_file(url_base: str, remote: RemoteFile, target_dir: Path, *, how_to
         raise UserError(f"downloaded {url} is not a valid gzip file ({error}); nothing was "
                         f"saved. Retry later, or {how_to_get}") from None
     except (OSError, http.client.HTTPException, ValueError) as error:
-        reason = getattr(error, "reason", None) or error
+        reason = getattr(error, "reason", None) or str(error) or repr(error)
         raise UserError(f"could not download {url} ({reason}); {how_to_get}") from None
     return target

@@ -18,8 +18,8 @@ from harness.data.folder import list_images
 from harness.data.lazy import ArraySource, FileSource, LazyImages
 from harness.data.npy import npy_rows, open_npy
 from harness.data.paths import data_dirs, describe_dirs, hint, primary_root
-from harness.data.registry import (DatasetStatus, check_choice, check_int, make_splits,
-                                   register_dataset)
+from harness.data.registry import (DatasetStatus, check_choice, check_int, default_split_sizes,
+                                   make_splits, register_dataset)
 from harness.data.splits import split_last
 from harness.errors import UserError
 
@@ -105,9 +105,7 @@ def _status_256(data_dir: Path | None) -> DatasetStatus:
     else:
         n = len(list_images(path, recursive=True))
         checksums = "listing only"
-    sizes = None if n is None else {"train": n - VALIDATION_SIZE_256,
-                                    "validation": VALIDATION_SIZE_256,
-                                    "test": VALIDATION_SIZE_256}
+    sizes = default_split_sizes(n, VALIDATION_SIZE_256, n, test_is_validation=True)
     return DatasetStatus("ffhq256", path, hint(HOW_TO_GET_256, data_dir), sizes, checksums, True,
                          note=f"split seed {SPLIT_SEED_256}; test = validation; {kind}")
 

@@ -23,7 +23,8 @@ import torch
 from harness.data import download as dl
 from harness.data.checksum import DigestCache, digest_file, read_maybe_gzip, sha256_bytes
 from harness.data.paths import data_dirs, describe_dirs, download_dir, hint, primary_root
-from harness.data.registry import DatasetStatus, check_int, make_splits, register_dataset
+from harness.data.registry import (DatasetStatus, check_int, default_split_sizes, make_splits,
+                                   register_dataset)
 from harness.data.splits import split_last
 from harness.errors import UserError
 
@@ -211,7 +212,7 @@ def _status(name: str, data_dir: Path | None) -> DatasetStatus:
         checksums = "verified"
     else:
         checksums = "recorded (no reference)"
-    sizes = {"train": n_train - VALIDATION_SIZE, "validation": VALIDATION_SIZE, "test": n_test}
+    sizes = default_split_sizes(n_train, VALIDATION_SIZE, n_test)
     return DatasetStatus(name, directory, how, sizes, checksums, not mismatched,
                          note=f"split seed {DEFAULT_SPLIT_SEED}")
 

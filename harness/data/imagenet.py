@@ -31,7 +31,8 @@ from harness.data.folder import count_images, list_images
 from harness.data.lazy import ArraySource, FileSource, LazyImages
 from harness.data.npy import npy_rows, open_npy, write_npy_stream
 from harness.data.paths import data_dirs, describe_dirs, download_dir, hint, primary_root
-from harness.data.registry import DatasetStatus, check_int, make_splits, register_dataset
+from harness.data.registry import (DatasetStatus, check_int, default_split_sizes, make_splits,
+                                   register_dataset)
 from harness.data.splits import split_last
 from harness.errors import UserError
 
@@ -126,8 +127,7 @@ def _status_benchmark(res: int, data_dir: Path | None) -> DatasetStatus:
     else:
         n_train, n_test = count_images(train_path), count_images(valid_path)
         checksums = "listing only"
-    sizes = None if n_train is None or n_test is None else {
-        "train": n_train - VALIDATION_SIZE, "validation": VALIDATION_SIZE, "test": n_test}
+    sizes = default_split_sizes(n_train, VALIDATION_SIZE, n_test)
     return DatasetStatus(name, train_path.parent, hint(_how_to_get(res), data_dir), sizes,
                          checksums, True, note=f"split seed {SPLIT_SEED}; {kind}")
 
@@ -279,8 +279,7 @@ def _status_npz(res: int, data_dir: Path | None) -> DatasetStatus:
     try:
         n_train = sum(npz_data_shape(f)[0][0] for f in train_files)
         n_test = npz_data_shape(val_file)[0][0]
-        sizes = {"train": n_train - VALIDATION_SIZE, "validation": VALIDATION_SIZE,
-                 "test": n_test}
+        sizes = default_split_sizes(n_train, VALIDATION_SIZE, n_test)
     except UserError as error:
         return DatasetStatus(name, val_file.parent, hint(_ds_how_to_get(res), data_dir), None,
                              f"ERROR: {error}", False, note=note)

@@ -120,6 +120,15 @@ def load_dataset(name: str, data_dir: Path | None = None, **options) -> DatasetS
     return splits
 
 
+def default_split_sizes(n_train: int | None, held_out: int, n_test: int | None,
+                        test_is_validation: bool = False) -> dict[str, int] | None:
+    """Split sizes under the default options, from file headers (None when they cannot split)."""
+    if n_train is None or n_test is None or n_train <= held_out:
+        return None
+    return {"train": n_train - held_out, "validation": held_out,
+            "test": held_out if test_is_validation else n_test}
+
+
 def check_choice(dataset: str, option: str, value, choices) -> None:
     if value not in choices:
         raise UserError(f"dataset '{dataset}': option {option}={value!r} is not one of "
