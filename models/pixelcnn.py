@@ -293,9 +293,6 @@ class GatedPixelCNN(nn.Module):
 
     def __init__(self, config: GatedPixelCNNConfig):
         super().__init__()
-        if config.output == "dmol" and not hasattr(likelihoods, "dmol_nats_per_dim"):
-            raise ValueError("GatedPixelCNNConfig.output='dmol' needs "
-                             "models.likelihoods.dmol_nats_per_dim, which is not available")
         self.config = config
         self.layers = nn.ModuleList(
             GatedLayer(config, first=index == 0, last=index == config.n_layers - 1)
@@ -326,11 +323,10 @@ class GatedPixelCNN(nn.Module):
     def nll(self, images: torch.Tensor) -> torch.Tensor:
         """Exact negative log-likelihood of uint8 images (N, C, H, W): (N,) nats per dim."""
         assert images.dtype == torch.uint8, images.dtype
-        x = images_to_input(images, self.layers[0].vertical.weight.dtype)
-        params = self(x)
+        params = self(images_to_input(images, self.layers[0].vertical.weight.dtype))
         if self.config.output == "softmax":
             return likelihoods.categorical_nats_per_dim(params, images)
-        return likelihoods.dmol_nats_per_dim(x, params)
+        return likelihoods.dmol_nats_per_dim(likelihoods.uint8_to_dmol_target(images), params)
 
     def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss_nats_per_dim": self.nll(images)}

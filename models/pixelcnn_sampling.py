@@ -1,10 +1,11 @@
 """Sampling a Gated PixelCNN: naive, and cached (Ramachandran et al. 2017, "Fast Generation for
 Convolutional Autoregressive Models", Section 3).
 
-Both samplers consume the same pre-drawn noise, one uniform per sampled value, drawn from the
-generator before the first step, and turn a distribution into a value by the same function
-(inverse CDF), so with the same generator seed they return identical images up to floating-point
-ties (the two paths add the same terms in different orders; in float64 no tie has been seen).
+Both samplers visit positions in the same order and turn a distribution into values through the
+same `_Draw` (softmax: inverse CDF with one uniform per sub-pixel, all pre-drawn from the
+generator; dmol: `likelihoods.dmol_sample` once per pixel), so with the same generator seed they
+return identical images, up to floating-point ties: the two paths add the same terms in different
+orders, so their logits differ in the last bits (tests compare them in float64).
 
 * naive: one full pass of both stacks over the whole canvas per sub-pixel (H·W·C passes); the
   1×1 output head is then evaluated only at the position being sampled, since its value
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models import likelihoods
 from models.pixelcnn import N_VALUES, gate, images_to_input
 
 
@@ -29,22 +31,43 @@ def sample(model, n: int, method: str = "cached",
     samplers = {"naive": sample_naive, "cached": sample_cached}
     if method not in samplers:
         raise ValueError(f"unknown sampling method '{method}'. Valid: {', '.join(samplers)}")
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"number of samples n={n!r} must be a positive integer")
     with torch.no_grad():
-        return samplers[method](model, draw_noise(model, n, generator))
+        return samplers[method](model, n, generator)
 
 
-def draw_noise(model, n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """All randomness of one sampling run, drawn up front so that every sampler consumes it the
-    same way. softmax: (n, C, H, W) uniforms, one per sub-pixel; dmol: (n, 1 + C, H, W), one for
-    the mixture component and one per channel of each pixel."""
-    channels, height, width = model.image_shape
-    rows = channels + (1 if model.config.output == "dmol" else 0)
-    device = generator.device if generator is not None else _param(model).device
-    noise = torch.rand((n, rows, height, width), generator=generator, dtype=torch.float64,
-                       device=device)
-    return noise.to(_param(model).device)
+class _Draw:
+    """Turns the distribution at one position into values, consuming randomness identically
+    whichever sampler calls it (the samplers visit positions in the same order).
+
+    softmax: one uniform per sub-pixel, all drawn from the generator up front, (n, C, H, W)
+    float64, and an inverse-CDF draw. dmol: `likelihoods.dmol_sample` on the (n, M(1+3C))
+    parameters of one pixel with the generator, called once per pixel in raster order, so the
+    generator's stream is consumed the same way by both samplers.
+    """
+
+    def __init__(self, model, n: int, generator: torch.Generator | None):
+        channels, height, width = model.image_shape
+        self.channels = channels
+        self.generator = generator
+        self.device = _param(model).device
+        self.dmol = model.config.output == "dmol"
+        self.uniforms = None
+        if not self.dmol:
+            source = generator.device if generator is not None else self.device
+            self.uniforms = torch.rand((n, channels, height, width), generator=generator,
+                                       dtype=torch.float64, device=source).to(self.device)
+
+    def subpixel(self, logits: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
+        """(n,) uint8 value of sub-pixel (c, i, j) from its (n, 256) logits."""
+        return categorical_from_uniform(logits, self.uniforms[:, c, i, j]).to(torch.uint8)
+
+    def pixel(self, params: torch.Tensor) -> torch.Tensor:
+        """(n, C) uint8 values of one pixel from its (n, M(1+3C)) DMOL parameters."""
+        grid = likelihoods.dmol_sample(params[:, :, None, None], self.channels,
+                                       generator=self.generator)  # (n, C, 1, 1) in [-1, 1]
+        return likelihoods.dmol_grid_to_uint8(grid[:, :, 0, 0])
 
 
 def categorical_from_uniform(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -56,22 +79,8 @@ def categorical_from_uniform(logits: torch.Tensor, uniform: torch.Tensor) -> tor
     return index.squeeze(1).clamp_(max=logits.shape[-1] - 1)
 
 
-def dmol_from_uniform(params: torch.Tensor, noise: torch.Tensor, channels: int) -> torch.Tensor:
-    """Draw one pixel per row from DMOL parameters (n, M·(1+3C)) in the VDVAE layout with
-    pre-drawn uniforms (n, 1 + C): the component by inverse CDF, then each channel by the
-    logistic inverse CDF with the means shifted by the already drawn channels (Salimans et al.
-    2017, Section 2.2). Returns (n, C) uint8 values."""
-    from models.likelihoods import dmol_sample_from_noise
-
-    return dmol_sample_from_noise(params, noise, channels)
-
-
 def _param(model) -> torch.Tensor:
     return model.layers[0].vertical.weight
-
-
-def _to_uint8(values: torch.Tensor) -> torch.Tensor:
-    return values.to(torch.uint8)
 
 
 class _Head:
@@ -99,27 +108,24 @@ class _Head:
         return torch.addmm(self.out_b, self.hidden_of(skips), self.out_t)
 
 
-def sample_naive(model, noise: torch.Tensor) -> torch.Tensor:
+def sample_naive(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A full pass of both stacks per sampled value: H·W·C passes (H·W for DMOL)."""
-    n = noise.shape[0]
     channels, height, width = model.image_shape
-    dtype = _param(model).dtype
-    head = _Head(model)
-    canvas = torch.zeros((n, channels, height, width), dtype=dtype, device=noise.device)
-    images = torch.zeros((n, channels, height, width), dtype=torch.uint8, device=noise.device)
+    param = _param(model)
+    draw, head = _Draw(model, n, generator), _Head(model)
+    canvas = torch.zeros((n, channels, height, width), dtype=param.dtype, device=param.device)
+    images = torch.zeros((n, channels, height, width), dtype=torch.uint8, device=param.device)
     for i in range(height):
         for j in range(width):
-            if model.config.output == "dmol":
+            if draw.dmol:
                 skips = model.features(canvas)[:, :, i, j]  # (n, p)
-                values = dmol_from_uniform(head.params(skips), noise[:, :, i, j], channels)
-                images[:, :, i, j] = values
-                canvas[:, :, i, j] = images_to_input(values, dtype)
+                images[:, :, i, j] = draw.pixel(head.params(skips))
+                canvas[:, :, i, j] = images_to_input(images[:, :, i, j], param.dtype)
                 continue
             for c in range(channels):
                 skips = model.features(canvas)[:, :, i, j]  # (n, p)
-                value = categorical_from_uniform(head.logits(skips, c), noise[:, c, i, j])
-                images[:, c, i, j] = _to_uint8(value)
-                canvas[:, c, i, j] = images_to_input(value, dtype)
+                images[:, c, i, j] = draw.subpixel(head.logits(skips, c), c, i, j)
+                canvas[:, c, i, j] = images_to_input(images[:, c, i, j], param.dtype)
     return images
 
 
@@ -182,18 +188,16 @@ class _CachedLayer:
         return out[:, :self.p], residual
 
 
-def sample_cached(model, noise: torch.Tensor) -> torch.Tensor:
+def sample_cached(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cached sampling: per row one full-width vertical-stack row per layer, per step one column
     of the horizontal stack per layer and the head at that column."""
-    n = noise.shape[0]
     channels, height, width = model.image_shape
-    dtype = _param(model).dtype
-    head = _Head(model)
-    layers = [_CachedLayer(layer, n, height, width, noise.device, dtype)
+    param = _param(model)
+    draw, head = _Draw(model, n, generator), _Head(model)
+    layers = [_CachedLayer(layer, n, height, width, param.device, param.dtype)
               for layer in model.layers]
     first = layers[0]
-    images = torch.zeros((n, channels, height, width), dtype=torch.uint8, device=noise.device)
-    dmol = model.config.output == "dmol"
+    images = torch.zeros((n, channels, height, width), dtype=torch.uint8, device=param.device)
 
     def horizontal_column(j: int) -> torch.Tensor:
         skips = None
@@ -216,17 +220,13 @@ def sample_cached(model, noise: torch.Tensor) -> torch.Tensor:
                                       following.half + width] = gate(vertical_pre)
         for j in range(width):
             pixel = first.horizontal_in[:, j + first.half]  # (n, C) view of the current pixel
-            if dmol:
-                values = dmol_from_uniform(head.params(horizontal_column(j)), noise[:, :, i, j],
-                                           channels)
-                images[:, :, i, j] = values
-                pixel.copy_(images_to_input(values, dtype))
+            if draw.dmol:
+                images[:, :, i, j] = draw.pixel(head.params(horizontal_column(j)))
+                pixel.copy_(images_to_input(images[:, :, i, j], param.dtype))
                 continue
             for c in range(channels):
-                value = categorical_from_uniform(head.logits(horizontal_column(j), c),
-                                                 noise[:, c, i, j])
-                images[:, c, i, j] = _to_uint8(value)
-                pixel[:, c] = images_to_input(value, dtype)
+                images[:, c, i, j] = draw.subpixel(head.logits(horizontal_column(j), c), c, i, j)
+                pixel[:, c] = images_to_input(images[:, c, i, j], param.dtype)
         # Row i is complete: it becomes input to the first layer's vertical stack.
         first.vertical_in[:, :, i + first.top, first.half:first.half + width] = \
             first.horizontal_in[:, first.half:].transpose(1, 2)
