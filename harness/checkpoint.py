@@ -1,5 +1,10 @@
 """Training checkpoints: `checkpoints/step-<N>.pt` plus a `step-<N>.pt.sha256` sidecar.
 
+A training checkpoint holds the model, the EMA, the optimiser, the schedule position, the loop
+counters (step, data position (epoch, batch in epoch), skip counts, clocks), the config, and the
+RNG states of every rank (torch CPU and CUDA, numpy, random), so that a resumed run continues
+exactly where the uninterrupted one would be.
+
 Each file is written atomically through `harness.atomic` (temporary file, fsync, rename), then its
 sidecar; a reader therefore sees complete files only. Loading verifies the sidecar (when present)
 and loads with `torch.load(..., weights_only=True)`, so a checkpoint holds tensors and plain
@@ -10,8 +15,10 @@ previous one is tried.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import warnings
@@ -21,7 +28,7 @@ from typing import Any
 
 import torch
 
-from harness import atomic
+from harness import atomic, distributed
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _STALE_TEMP = re.compile(r"^\.step-\d+\.pt(\.sha256)?\..*\.tmp$")
@@ -175,3 +182,89 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(derived)
     np.random.seed(derived)
     random.seed(derived)
+
+
+def save_training_checkpoint(directory: Path, *, loop: dict[str, Any], model, ema, optimizer,
+                             config, info: distributed.DistInfo, device: torch.device) -> Path:
+    """Write `step-<loop['step']>.pt` with every rank's RNG state; rank 0 writes, all ranks wait.
+    Collective: every rank must call it. `config` is the run's TrainConfig."""
+    rng = distributed.all_gather_object(capture_rng_state(device), info)
+    payload = {"step": loop["step"], "loop": loop, "model": model.state_dict(),
+               "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": {"kind": config.lr_schedule, "next_update": loop["step"] + 1},
+               "config": dataclasses.asdict(config), "rng_per_rank": rng,
+               "world_size": info.world_size}
+    path = checkpoint_path(directory, loop["step"])
+    if info.is_main:
+        save_checkpoint(directory, loop["step"], payload, config.keep_checkpoints)
+    distributed.barrier(info)
+    return path
+
+
+def resume_training(directory: Path, log_path: Path, *, model, ema, optimizer, config,
+                    info: distributed.DistInfo, device: torch.device,
+                    trajectory_fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """Load the newest good checkpoint into model, EMA, optimiser and this rank's RNGs and return
+    its loop counters; or seed a fresh run (from config.seed and the rank) and return None.
+
+    The log keeps only rows up to the checkpoint's step: the resumed run writes later ones again,
+    so its log equals an uninterrupted run's. Changed `trajectory_fields` are warned about.
+    Collective: every rank must call it.
+    """
+    saved = _find_run_checkpoint(directory, info)
+    step = 0
+    if saved is None:
+        seed_everything(config.seed, info.rank)
+    else:
+        step = saved["step"]
+        changed = [name for name in trajectory_fields if name in saved["config"]
+                   and _plain(saved["config"][name]) != _plain(getattr(config, name))]
+        if changed and info.is_main:
+            warnings.warn(f"resuming from step {step} in {directory} with changed train "
+                          f"settings: {', '.join(changed)}; the run is no longer identical to "
+                          f"an uninterrupted one", stacklevel=3)
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        restore_run_rng(saved, info, device, fallback_seed=config.seed + step)
+    if info.is_main and Path(log_path).exists():
+        rows = [row for row in atomic.read_jsonl(log_path) if row.get("step", 0) <= step]
+        atomic.write_text(log_path, "".join(json.dumps(row, sort_keys=True, default=str) + "\n"
+                                            for row in rows))
+    distributed.barrier(info)
+    return None if saved is None else saved["loop"]
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _find_run_checkpoint(directory: Path, info: distributed.DistInfo) -> dict[str, Any] | None:
+    """The newest good checkpoint's state on every rank (rank 0 chooses, reports bad ones and
+    clears stale temporaries; the others load the file it names), or None. Collective."""
+    chosen = None
+    if info.is_main:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(directory)
+        loaded = load_latest_checkpoint(directory)
+        chosen = None if loaded is None else (str(loaded.path), loaded.state)
+    if not info.enabled:
+        return None if chosen is None else chosen[1]
+    path = distributed.broadcast_object(None if chosen is None else chosen[0], info)
+    if path is None:
+        return None
+    return chosen[1] if info.is_main else read_checkpoint(Path(path))
+
+
+def restore_run_rng(state: dict[str, Any], info: distributed.DistInfo, device: torch.device,
+                    fallback_seed: int) -> None:
+    """This rank's RNG state from a checkpoint; reseeded (with a warning) when the checkpoint was
+    written by a different number of processes."""
+    if state["world_size"] == info.world_size:
+        restore_rng_state(state["rng_per_rank"][info.rank], device)
+        return
+    if info.is_main:
+        warnings.warn(f"checkpoint of step {state['step']} was written by {state['world_size']} "
+                      f"processes, now {info.world_size}: RNG streams restart from a seed",
+                      stacklevel=3)
+    seed_everything(fallback_seed, info.rank)

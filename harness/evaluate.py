@@ -7,8 +7,8 @@ over EVERY test image (the last partial batch included; the reference's `drop_la
   ELBO of a VAE (VDVAE, Section 3: one posterior sample, analytic KL) or the exact NLL of an
   autoregressive model, i.e. the model's `loss_nats_per_dim` in bits;
 * every other per-image `*_nats_per_dim` entry of the loss dict in bits (a VAE's
-  `distortion_bits_per_dim`, `rate_bits_per_dim`) and every (N, L) `*_nats_per_layer` entry per
-  layer (`kl_bits_per_dim` with `layer`);
+  `distortion_bits_per_dim`, `rate_bits_per_dim`) and every (N, L) `*_nats_per_layer` entry
+  (nats per image and layer) per layer in bits per dim (`kl_bits_per_dim` with `layer`);
 * `active_units` (Burda et al. 2016, Section 5.2: Cov_x(E_q[z]) > threshold), total and per
   layer, for models with `posterior_means`;
 * `iw_bits_per_dim` with `k` on the first `iw_max_images` images, for models with
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness import atomic, throughput
+from harness import atomic, distributed, throughput
 from harness.errors import UserError
 from models.likelihoods import nats_to_bits
 from models.registry import count_parameters
@@ -47,7 +47,7 @@ from models.registry import count_parameters
 class EvalConfig:
     """The experiment YAML's `eval:` section. `iw_k` 0 skips the importance-weighted bound;
     `iw_max_images` None evaluates it on every test image (its cost is k forward passes per
-    image); `iw_chunk_size` images go through one `iw_nll_bits_per_dim` call."""
+    image); `iw_chunk_size` is the number of the k samples per decoder pass (see `iw_pass`)."""
 
     batch_size: int = 500
     weights: tuple[str, ...] = ("raw", "ema")
@@ -94,6 +94,20 @@ class EvalConfig:
         object.__setattr__(self, "active_unit_threshold", float(self.active_unit_threshold))
 
 
+def as_image_set(images: Any, what: str = "images"):
+    """A uint8 (N, C, H, W) image set indexed batch by batch: a tensor, a numpy array (e.g. a
+    memmap, wrapped without copying) or any object with `.shape`, `.dtype` uint8 and batch
+    indexing that returns tensors (harness.data's LazyImages)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    shape = tuple(getattr(images, "shape", ()))
+    if getattr(images, "dtype", None) != torch.uint8 or len(shape) != 4 \
+            or not hasattr(images, "__getitem__"):
+        raise UserError(f"{what} must be uint8 images (N, C, H, W); got "
+                        f"{getattr(images, 'dtype', type(images).__name__)} {shape}")
+    return images
+
+
 def _batch_seed(noise_seed: int, first_image: int) -> int:
     return int(np.random.SeedSequence([noise_seed, first_image]).generate_state(1)[0])
 
@@ -105,7 +119,40 @@ def ci95(values: np.ndarray) -> float:
     return float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
 
 
-def likelihood_pass(model: nn.Module, images: torch.Tensor, batch_size: int,
+@torch.no_grad()
+def sharded_bits_per_dim(modules: dict[str, nn.Module], images, batch_size: int,
+                         max_images: int | None, seed: int,
+                         info: distributed.DistInfo) -> tuple[dict[str, float], int]:
+    """Mean bits/dim of each module on the first `max_images` images, split over ranks (the
+    validation figure during training; every rank gets the result).
+
+    Runs under a forked RNG with a fixed seed: the noise of stochastic losses (the VAE's posterior
+    sample) is the same at every call, and the caller's RNG stream is left untouched.
+    """
+    n = images.shape[0] if max_images is None else min(max_images, images.shape[0])
+    per_rank = math.ceil(n / info.world_size)
+    start, stop = info.rank * per_rank, min(n, (info.rank + 1) * per_rank)
+    results = {}
+    for name, module in modules.items():
+        device = throughput.model_device(module)
+        was_training = module.training
+        module.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            for first in range(start, stop, batch_size):
+                torch.manual_seed(_batch_seed(seed, first))
+                batch = images[first:min(stop, first + batch_size)].to(device)
+                loss = module.loss(batch)["loss_nats_per_dim"].double()
+                totals[0] += loss.sum()
+                totals[1] += loss.numel()
+        module.train(was_training)
+        distributed.all_reduce_sum(totals, info)
+        results[name] = float(nats_to_bits(totals[0] / totals[1]))
+    return results, n
+
+
+def likelihood_pass(model: nn.Module, images, batch_size: int,
                     noise_seed: int) -> tuple[dict[str, np.ndarray], float]:
     """Per-image float64 arrays of every (N,) and (N, L) entry of `model.loss` over all images,
     and the pass's images/s (synchronised). Batches are seeded from (noise_seed, first index)."""
@@ -129,7 +176,7 @@ def likelihood_pass(model: nn.Module, images: torch.Tensor, batch_size: int,
     return arrays, n / max(time.perf_counter() - start, 1e-9)
 
 
-def active_units(model: nn.Module, images: torch.Tensor, batch_size: int, noise_seed: int,
+def active_units(model: nn.Module, images, batch_size: int, noise_seed: int,
                  threshold: float) -> list[tuple[int, int]]:
     """(active, total) latent units per layer: units whose posterior mean varies across images
     with variance > threshold (population variance over all images, float64 sums)."""
@@ -155,16 +202,24 @@ def active_units(model: nn.Module, images: torch.Tensor, batch_size: int, noise_
     return counts
 
 
-def iw_pass(model: nn.Module, images: torch.Tensor, k: int, chunk_size: int,
+def iw_pass(model: nn.Module, images, k: int, chunk_size: int, batch_size: int,
             noise_seed: int) -> np.ndarray:
-    """Per-image importance-weighted NLL bound (bits/dim, float64) with k samples."""
+    """Per-image importance-weighted NLL bound (bits/dim, float64) with k samples.
+
+    A model whose `iw_nll_bits_per_dim` takes `chunk_size` (samples per decoder pass) gets
+    `chunk_size`, and batch_size // chunk_size images per call, so that one decoder pass holds
+    about `batch_size` images; otherwise `chunk_size` images go through one call.
+    """
     device = throughput.model_device(model)
+    kwargs, per_call = {}, chunk_size
+    if "chunk_size" in inspect.signature(model.iw_nll_bits_per_dim).parameters:
+        kwargs, per_call = {"chunk_size": chunk_size}, max(1, batch_size // chunk_size)
     values = np.empty(images.shape[0], dtype=np.float64)
-    for first in range(0, images.shape[0], chunk_size):
-        batch = images[first:first + chunk_size].to(device)
+    for first in range(0, images.shape[0], per_call):
+        batch = images[first:first + per_call].to(device)
         torch.manual_seed(_batch_seed(noise_seed + 1, first))
         values[first:first + batch.shape[0]] = \
-            model.iw_nll_bits_per_dim(batch, k).double().cpu().numpy()
+            model.iw_nll_bits_per_dim(batch, k, **kwargs).double().cpu().numpy()
     return values
 
 
@@ -215,20 +270,24 @@ def _weights_rows(name: str, model: nn.Module, images: torch.Tensor, config: Eva
         raise UserError(f"model {type(model).__name__}.loss returned no (N,) "
                         f"'loss_nats_per_dim'; it cannot be evaluated")
     base = {"split": "test", "weights": name}
-    n = images.shape[0]
-    bits = nats_to_bits(arrays.pop("loss_nats_per_dim"))
+    n, dims = images.shape[0], math.prod(images.shape[1:])
+    loss = arrays.pop("loss_nats_per_dim")
+    bits = nats_to_bits(loss)
     save_npy(bits, out_dir / f"per_image_test_bits_per_dim_{name}.npy")
     rows = [{"metric": "test_bits_per_dim", "value": float(bits.mean()), "n_images": n, **base},
             {"metric": "test_bits_per_dim_ci95", "value": ci95(bits), "n_images": n, **base},
             {"metric": "eval_images_per_s", "value": images_per_s,
              "batch_size": config.batch_size, **base}]
     for key, values in sorted(arrays.items()):
+        if values.ndim == 1 and np.array_equal(values, loss):
+            continue  # the objective under another name (a VAE's elbo_nats_per_dim)
         if values.ndim == 1 and key.endswith("_nats_per_dim"):
             rows.append({"metric": key[:-len("_nats_per_dim")] + "_bits_per_dim",
                          "value": float(nats_to_bits(values).mean()), **base})
         elif values.ndim == 2 and key.endswith("_nats_per_layer"):
+            # (N, L) nats per image and layer (VDVAE's kl_nats_per_layer) -> bits per dim.
             metric = key[:-len("_nats_per_layer")] + "_bits_per_dim"
-            for layer, value in enumerate(nats_to_bits(values).mean(axis=0)):
+            for layer, value in enumerate(nats_to_bits(values / dims).mean(axis=0)):
                 rows.append({"metric": metric, "value": float(value), "layer": layer, **base})
     if hasattr(model, "posterior_means"):
         counts = active_units(model, images, config.batch_size, config.noise_seed,
@@ -241,7 +300,9 @@ def _weights_rows(name: str, model: nn.Module, images: torch.Tensor, config: Eva
                          "units": total, "threshold": config.active_unit_threshold, **base})
     if config.iw_k > 0 and hasattr(model, "iw_nll_bits_per_dim"):
         n_iw = n if config.iw_max_images is None else min(n, config.iw_max_images)
-        iw = iw_pass(model, images[:n_iw], config.iw_k, config.iw_chunk_size, config.noise_seed)
+        subset = images if n_iw == n else images[:n_iw]
+        iw = iw_pass(model, subset, config.iw_k, config.iw_chunk_size, config.batch_size,
+                     config.noise_seed)
         save_npy(iw, out_dir / f"per_image_iw_bits_per_dim_{name}.npy")
         context = {"k": config.iw_k, "n_images": n_iw, **base}
         rows += [{"metric": "iw_bits_per_dim", "value": float(iw.mean()), **context},
@@ -292,10 +353,7 @@ def evaluate(models: dict[str, nn.Module], test_images, config: EvalConfig,
     (docs/results.md); the caller adds experiment, cell, model and dataset. The caller's RNG state
     is left as it was.
     """
-    if isinstance(test_images, np.ndarray):
-        test_images = torch.from_numpy(test_images)
-    assert test_images.dtype == torch.uint8 and test_images.dim() == 4, \
-        (test_images.dtype, tuple(test_images.shape))
+    test_images = as_image_set(test_images, "test_images")
     missing = [name for name in config.weights if name not in models]
     if missing:
         raise UserError(f"eval.weights names {', '.join(missing)} but the run produced only "

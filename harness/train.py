@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from harness import atomic, checkpoint, distributed, throughput
-from harness.checkpoint import capture_rng_state, restore_rng_state, seed_everything
 from harness.errors import UserError
+from harness.evaluate import as_image_set, sharded_bits_per_dim
 from harness.schedule import EMA, LR_SCHEDULES, lr_at_update
 from models.likelihoods import nats_to_bits
 
@@ -47,6 +47,20 @@ PROGRESS_MODES = ("auto", "bar", "lines", "off")
 _TRAJECTORY_FIELDS = ("batch_size", "lr", "betas", "weight_decay", "warmup_steps", "lr_schedule",
                       "lr_final_fraction", "ema_rate", "ema_bias_correction", "grad_clip",
                       "skip_threshold", "seed", "bf16_autocast", "tf32")
+
+
+# Numeric fields: (type, smallest value, null allowed). Optional floats must be > 0 when set.
+_NUMBER_FIELDS = {
+    "batch_size": (int, 1, False), "warmup_steps": (int, 0, False),
+    "max_consecutive_skips": (int, 1, False), "seed": (int, 0, False),
+    "checkpoint_every_steps": (int, 0, False), "keep_checkpoints": (int, 1, False),
+    "log_every_steps": (int, 1, False), "val_every_steps": (int, 0, False),
+    "val_batch_size": (int, 1, False), "max_steps": (int, 1, True),
+    "val_max_images": (int, 1, True), "num_threads": (int, 1, True),
+    "lr": (float, 0, False), "weight_decay": (float, 0, False),
+    "lr_final_fraction": (float, 0, False), "ema_rate": (float, 0, False),
+    "grad_clip": (float, 0, True), "skip_threshold": (float, 0, True),
+    "max_epochs": (float, 0, True), "max_wall_s": (float, 0, True)}
 
 
 @dataclass(frozen=True)
@@ -95,35 +109,23 @@ class TrainConfig:
         def bad(name: str, expectation: str):
             raise ValueError(f"train.{name} = {getattr(self, name)!r}: {expectation}")
 
-        def number(name: str, optional: bool = False, integer: bool = False):
+        for name, (kind, low, optional) in _NUMBER_FIELDS.items():
             value = getattr(self, name)
             if value is None and optional:
-                return
+                continue
             if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
                 try:
                     value = float(value)
                 except ValueError:
-                    bad(name, "must be a number")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                bad(name, "must be a number" + (" or null" if optional else ""))
-            if integer:
-                if float(value) != int(value):
-                    bad(name, "must be a whole number")
-                value = int(value)
-            else:
-                value = float(value)
-            object.__setattr__(self, name, value)
-
-        for name in ("batch_size", "warmup_steps", "max_consecutive_skips", "seed",
-                     "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
-                     "val_every_steps", "val_batch_size"):
-            number(name, integer=True)
-        for name in ("max_steps", "val_max_images", "num_threads"):
-            number(name, optional=True, integer=True)
-        for name in ("lr", "weight_decay", "lr_final_fraction", "ema_rate"):
-            number(name)
-        for name in ("grad_clip", "skip_threshold", "max_epochs", "max_wall_s"):
-            number(name, optional=True)
+                    pass
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or (kind is int and value != int(value)):
+                bad(name, f"must be a {'whole ' if kind is int else ''}number"
+                          + (" or null" if optional else ""))
+            if value < low or (optional and kind is float and value <= 0):
+                limit = "positive" if optional and kind is float else f"at least {low}"
+                bad(name, f"must be {limit}" + (" (or null for none)" if optional else ""))
+            object.__setattr__(self, name, kind(value))
         for name in ("ema_bias_correction", "bf16_autocast", "tf32", "ddp_find_unused_parameters"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "must be true or false")
@@ -133,27 +135,11 @@ class TrainConfig:
         if not all(0.0 <= b < 1.0 for b in betas):
             bad("betas", "each must be in [0, 1)")
         object.__setattr__(self, "betas", betas)
-        positive = ("batch_size", "max_consecutive_skips", "keep_checkpoints", "log_every_steps",
-                    "val_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                bad(name, "must be at least 1")
-        for name in ("warmup_steps", "seed", "checkpoint_every_steps", "val_every_steps"):
-            if getattr(self, name) < 0:
-                bad(name, "must be 0 or more")
-        for name in ("max_steps", "val_max_images", "num_threads"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                bad(name, "must be at least 1 (or null for no limit)")
-        for name in ("max_epochs", "max_wall_s", "grad_clip", "skip_threshold"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                bad(name, "must be positive (or null for none)")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            bad("lr", "must be a positive finite number")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be 0 or more")
-        if not 0.0 <= self.ema_rate < 1.0:
+        if self.lr == 0:
+            bad("lr", "must be positive")
+        if self.ema_rate >= 1.0:
             bad("ema_rate", "must be in [0, 1) (0 = EMA equals the raw weights)")
-        if not 0.0 <= self.lr_final_fraction <= 1.0:
+        if self.lr_final_fraction > 1.0:
             bad("lr_final_fraction", "must be in [0, 1]")
         if self.lr_schedule not in LR_SCHEDULES:
             bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
@@ -230,6 +216,41 @@ class _LoopState:
     interval_images: int = 0
     interval_time_s: float = 0.0
 
+    def record(self, loss_bits: float, grad_norm: float, images: int, step_s: float) -> None:
+        """Count one finished iteration (applied or skipped)."""
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.images_seen += images
+        self.last_loss_bits_per_dim, self.last_grad_norm = loss_bits, grad_norm
+        self.step_time_s += step_s
+        self.interval_time_s += step_s
+        self.interval_images += images
+        if math.isfinite(loss_bits):
+            self.interval_loss_sum += loss_bits
+            self.interval_loss_count += 1
+        if math.isfinite(grad_norm):
+            self.interval_grad_norm_sum += grad_norm
+            self.interval_grad_norm_count += 1
+
+    def train_row(self, lr: float, steps_per_epoch: int) -> dict[str, Any]:
+        """The log row of the interval since the previous one (means of finite values); resets
+        the interval."""
+        nan = float("nan")
+        row = {"type": "train", "step": self.step,
+               "epoch": self.epoch + self.batch_in_epoch / steps_per_epoch,
+               "images_seen": self.images_seen,
+               "loss_bits_per_dim": self.interval_loss_sum / self.interval_loss_count
+               if self.interval_loss_count else nan,
+               "lr": lr,
+               "grad_norm": self.interval_grad_norm_sum / self.interval_grad_norm_count
+               if self.interval_grad_norm_count else nan,
+               "skipped_updates_total": self.skipped_updates,
+               "images_per_s": self.interval_images / max(self.interval_time_s, 1e-9),
+               "wall_s": self.wall_s}
+        self.interval_loss_sum = self.interval_grad_norm_sum = self.interval_time_s = 0.0
+        self.interval_loss_count = self.interval_grad_norm_count = self.interval_images = 0
+        return row
+
 
 class _LossForward(nn.Module):
     """Routes forward() to model.loss() so DistributedDataParallel can wrap any family."""
@@ -256,16 +277,6 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     (epoch, index in epoch) can be recomputed on resume."""
     generator = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
     return torch.from_numpy(generator.permutation(n).astype(np.int64))
-
-
-def as_uint8_images(images: Any, what: str) -> torch.Tensor:
-    """Accept a uint8 (N, C, H, W) tensor or numpy array (e.g. a memmap) without copying it."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        raise UserError(f"{what} must be uint8 images (N, C, H, W); got "
-                        f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
-    return images
 
 
 class _Reporter:
@@ -328,129 +339,28 @@ def _budget_reached(config: TrainConfig, state: _LoopState, steps_per_epoch: int
     return None
 
 
-def _eta_s(config: TrainConfig, state: _LoopState, steps_per_epoch: int) -> float | None:
-    if state.step == 0 or state.step_time_s <= 0:
-        return None
-    seconds_per_step = state.wall_s / state.step
-    candidates = []
-    if config.max_steps is not None:
-        candidates.append((config.max_steps - state.step) * seconds_per_step)
-    if config.max_epochs is not None:
-        remaining = config.max_epochs * steps_per_epoch - (state.epoch * steps_per_epoch
-                                                           + state.batch_in_epoch)
-        candidates.append(max(0.0, remaining) * seconds_per_step)
-    if config.max_wall_s is not None:
-        candidates.append(max(0.0, config.max_wall_s - state.wall_s))
-    return min(candidates) if candidates else None
-
-
 def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
-    limits = []
-    if config.max_steps is not None:
-        limits.append(config.max_steps)
+    limits = [] if config.max_steps is None else [config.max_steps]
     if config.max_epochs is not None:
         limits.append(math.ceil(config.max_epochs * steps_per_epoch))
     return min(limits) if limits else None
 
 
-@torch.no_grad()
-def _validate(modules: dict[str, nn.Module], images: torch.Tensor, config: TrainConfig,
-              device: torch.device, info: distributed.DistInfo) -> tuple[dict[str, float], int]:
-    """Mean bits/dim of each module on the validation images, sharded over ranks.
-
-    Runs under a forked RNG with a fixed seed: the noise of stochastic losses (the VAE's posterior
-    sample) is the same at every validation, and training's RNG stream is left untouched.
-    """
-    n = images.shape[0] if config.val_max_images is None else min(config.val_max_images,
-                                                                    images.shape[0])
-    per_rank = math.ceil(n / info.world_size)
-    start, stop = info.rank * per_rank, min(n, (info.rank + 1) * per_rank)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    results = {}
-    for name, module in modules.items():
-        was_training = module.training
-        module.eval()
-        totals = torch.zeros(2, dtype=torch.float64, device=device)
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            torch.manual_seed(config.seed + 1_000_003 * (info.rank + 1))
-            for first in range(start, stop, config.val_batch_size):
-                batch = images[first:min(stop, first + config.val_batch_size)].to(device)
-                loss = module.loss(batch)["loss_nats_per_dim"].double()
-                totals[0] += loss.sum()
-                totals[1] += loss.numel()
-        module.train(was_training)
-        distributed.all_reduce_sum(totals, info)
-        results[name] = float(nats_to_bits(totals[0] / totals[1]))
-    return results, n
+def _eta_s(config: TrainConfig, state: _LoopState, total_steps: int | None) -> float | None:
+    """Seconds left until the first budget that binds, at this run's mean pace so far."""
+    candidates = []
+    if total_steps is not None and state.step:
+        candidates.append(max(0, total_steps - state.step) * state.wall_s / state.step)
+    if config.max_wall_s is not None:
+        candidates.append(max(0.0, config.max_wall_s - state.wall_s))
+    return min(candidates) if candidates else None
 
 
-def _checkpoint_state(model, ema, optimizer, state, config, info, device) -> dict[str, Any]:
-    rng = distributed.all_gather_object(capture_rng_state(device), info)
-    return {"format": 1, "step": state.step, "loop": dataclasses.asdict(state),
-            "model": model.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {"kind": config.lr_schedule, "next_update": state.step + 1},
-            "rng_per_rank": rng, "world_size": info.world_size,
-            "config": dataclasses.asdict(config)}
-
-
-def _save(ckpt_dir, model, ema, optimizer, state, config, info, device) -> Path:
-    payload = _checkpoint_state(model, ema, optimizer, state, config, info, device)
-    path = checkpoint.checkpoint_path(ckpt_dir, state.step)
-    if info.is_main:
-        path = checkpoint.save_checkpoint(ckpt_dir, state.step, payload, config.keep_checkpoints)
-    distributed.barrier(info)
-    return path
-
-
-def _resume(ckpt_dir: Path, log_path: Path, model, ema, optimizer, config: TrainConfig,
-            info: distributed.DistInfo, device: torch.device) -> tuple[_LoopState, int | None]:
-    """Load the newest good checkpoint (rank 0 picks it), or seed a fresh run."""
-    chosen = None
-    if info.is_main:
-        checkpoint.remove_stale_temporaries(ckpt_dir)
-        loaded = checkpoint.load_latest_checkpoint(ckpt_dir)
-        chosen = None if loaded is None else str(loaded.path)
-    chosen = distributed.broadcast_object(chosen, info)
-    if chosen is None:
-        seed_everything(config.seed, info.rank)
-        if info.is_main and log_path.exists():
-            atomic.write_text(log_path, "")  # a log without a checkpoint belongs to no run
-        distributed.barrier(info)
-        return _LoopState(), None
-    saved = checkpoint.read_checkpoint(Path(chosen))
-    changed = [name for name in _TRAJECTORY_FIELDS
-               if name in saved["config"] and _plain(saved["config"][name])
-               != _plain(getattr(config, name))]
-    if changed and info.is_main:
-        warnings.warn(f"resuming {chosen} with changed train settings: {', '.join(changed)}; "
-                      f"the run is no longer identical to an uninterrupted one", stacklevel=3)
-    model.load_state_dict(saved["model"])
-    ema.load_state_dict(saved["ema"])
-    optimizer.load_state_dict(saved["optimizer"])
-    state = _LoopState(**saved["loop"])
-    if saved["world_size"] == info.world_size:
-        restore_rng_state(saved["rng_per_rank"][info.rank], device)
-    else:
-        if info.is_main:
-            warnings.warn(f"{chosen} was written by {saved['world_size']} processes, now "
-                          f"{info.world_size}: RNG streams restart from the seed", stacklevel=3)
-        seed_everything(config.seed + state.step, info.rank)
-    if info.is_main and log_path.exists():
-        rows = [row for row in atomic.read_jsonl(log_path) if row.get("step", 0) <= state.step]
-        atomic.write_text(log_path, "".join(_json_line(row) for row in rows))
-    distributed.barrier(info)
-    return state, state.step
-
-
-def _plain(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _json_line(row: dict) -> str:
-    import json
-
-    return json.dumps(row, sort_keys=True, default=str) + "\n"
+def _save(ckpt_dir, model, ema, optimizer, state: _LoopState, config: TrainConfig, info,
+          device) -> Path:
+    return checkpoint.save_training_checkpoint(
+        ckpt_dir, loop=dataclasses.asdict(state), model=model, ema=ema, optimizer=optimizer,
+        config=config, info=info, device=device)
 
 
 def _skip_error(config: TrainConfig, state: _LoopState, path: Path) -> UserError:
@@ -474,9 +384,9 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
     sampled batch of `train_images` is read and converted per step (memory-mapped input stays on
     disk). Raises UserError when updates are skipped `max_consecutive_skips` times in a row.
     """
-    train_images = as_uint8_images(train_images, "train_images")
+    train_images = as_image_set(train_images, "train_images")
     if val_images is not None:
-        val_images = as_uint8_images(val_images, "val_images")
+        val_images = as_image_set(val_images, "val_images")
     run_dir = Path(run_dir)
     info = distributed.env_info()
     device = resolve_device(config.device, info.local_rank)
@@ -509,9 +419,13 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
     ckpt_dir, log_path = run_dir / "checkpoints", run_dir / "train_log.jsonl"
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state, resumed_from = _resume(ckpt_dir, log_path, model, ema, optimizer, config, info, device)
-    last_saved = resumed_from
-    reporter = _Reporter(config, log_path, info.is_main, _total_steps(config, steps_per_epoch))
+    loop = checkpoint.resume_training(ckpt_dir, log_path, model=model, ema=ema,
+                                      optimizer=optimizer, config=config, info=info,
+                                      device=device, trajectory_fields=_TRAJECTORY_FIELDS)
+    state = _LoopState() if loop is None else _LoopState(**loop)
+    resumed_from = last_saved = None if loop is None else state.step
+    total_steps = _total_steps(config, steps_per_epoch)
+    reporter = _Reporter(config, log_path, info.is_main, total_steps)
     reporter.start(state.step)
     rows = distributed.local_slice(config.batch_size, info)
     permutation, permutation_epoch = None, -1
@@ -573,49 +487,24 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
                 state.applied_updates += 1
                 state.consecutive_skips = 0
 
-            state.step += 1
-            state.batch_in_epoch += 1
-            state.images_seen += config.batch_size
-            state.last_loss_bits_per_dim, state.last_grad_norm = loss_bits, grad_norm
-            step_s = time.perf_counter() - step_start
-            state.step_time_s += step_s
-            state.interval_time_s += step_s
-            state.interval_images += config.batch_size
-            if math.isfinite(loss_bits):
-                state.interval_loss_sum += loss_bits
-                state.interval_loss_count += 1
-            if math.isfinite(grad_norm):
-                state.interval_grad_norm_sum += grad_norm
-                state.interval_grad_norm_count += 1
+            state.record(loss_bits, grad_norm, config.batch_size,
+                         time.perf_counter() - step_start)
             if skip_reason:
                 reporter.row({"type": "skip", "step": state.step, "reason": skip_reason,
                               "grad_norm": grad_norm, "loss_bits_per_dim": loss_bits})
                 reporter.message(f"step {state.step}: update skipped ({skip_reason}; grad norm "
                                  f"{grad_norm:.4g}, loss {loss_bits:.4g} bits/dim); "
                                  f"{state.skipped_updates} skipped in total")
-
             if state.step % config.log_every_steps == 0:
-                row = {"type": "train", "step": state.step,
-                       "epoch": state.epoch + state.batch_in_epoch / steps_per_epoch,
-                       "images_seen": state.images_seen,
-                       "loss_bits_per_dim": (state.interval_loss_sum / state.interval_loss_count
-                                             if state.interval_loss_count else float("nan")),
-                       "lr": lr,
-                       "grad_norm": (state.interval_grad_norm_sum / state.interval_grad_norm_count
-                                     if state.interval_grad_norm_count else float("nan")),
-                       "skipped_updates_total": state.skipped_updates,
-                       "images_per_s": state.interval_images / max(state.interval_time_s, 1e-9),
-                       "wall_s": state.wall_s}
+                row = state.train_row(lr, steps_per_epoch)
                 reporter.row(row)
-                reporter.progress(row, _eta_s(config, state, steps_per_epoch))
-                state.interval_loss_sum = state.interval_grad_norm_sum = 0.0
-                state.interval_loss_count = state.interval_grad_norm_count = 0
-                state.interval_images, state.interval_time_s = 0, 0.0
+                reporter.progress(row, _eta_s(config, state, total_steps))
 
             if val_images is not None and config.val_every_steps and \
                     state.step % config.val_every_steps == 0:
-                values, n_val = _validate({"raw": model, "ema": ema.module()}, val_images,
-                                          config, device, info)
+                values, n_val = sharded_bits_per_dim(
+                    {"raw": model, "ema": ema.module()}, val_images, config.val_batch_size,
+                    config.val_max_images, config.seed, info)
                 for weights, bits in values.items():
                     reporter.row({"type": "val", "step": state.step, "weights": weights,
                                   "bits_per_dim": bits, "split": "validation",

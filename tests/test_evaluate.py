@@ -78,6 +78,7 @@ def test_vae_terms_active_units_and_iw_bound(tmp_path):
     rate = _one(rows, "rate_bits_per_dim", weights="ema")
     kl = [r["value"] for r in sorted(_rows(rows, "kl_bits_per_dim"), key=lambda r: r["layer"])]
     assert len(kl) == 2 and total == pytest.approx(distortion + rate)
+    assert not _rows(rows, "elbo_bits_per_dim")  # the objective is not repeated
     assert sum(kl) == pytest.approx(rate)
     active = sorted((r for r in _rows(rows, "active_units") if "layer" in r),
                     key=lambda r: r["layer"])

@@ -117,19 +117,21 @@ class TinyVAE(nn.Module):
         dims = math.prod(self.image_shape)
         distortion = categorical_nats_per_dim(self._decode(latents), images)  # (N,)
         kl = torch.stack([gaussian_kl(m, ls, torch.zeros_like(m), torch.zeros_like(ls))
-                          .flatten(1).sum(1) / dims for m, ls in posterior], dim=1)  # (N, L)
+                          .flatten(1).sum(1) for m, ls in posterior], dim=1)  # (N, L) per image
         return posterior, latents, distortion, kl
 
     def loss(self, images):
         _, _, distortion, kl = self._terms(images)
-        rate = kl.sum(1)
-        return {"loss_nats_per_dim": distortion + rate, "distortion_nats_per_dim": distortion,
-                "rate_nats_per_dim": rate, "kl_nats_per_layer": kl}
+        rate = kl.sum(1) / math.prod(self.image_shape)
+        elbo = distortion + rate
+        return {"loss_nats_per_dim": elbo, "elbo_nats_per_dim": elbo,
+                "distortion_nats_per_dim": distortion, "rate_nats_per_dim": rate,
+                "kl_nats_per_layer": kl}
 
     def posterior_means(self, images):
         return [mean for mean, _ in self._posterior(images)]
 
-    def iw_nll_bits_per_dim(self, images, k):
+    def iw_nll_bits_per_dim(self, images, k, chunk_size=16):
         dims = math.prod(self.image_shape)
         log_weights = []
         for _ in range(k):
