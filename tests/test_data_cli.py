@@ -16,8 +16,9 @@ from harness.data import checksum, dataset_names, idx, load_dataset, paths
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _table(capsys, root: Path) -> dict[str, str]:
-    assert main(["datasets", "--data-dir", str(root)]) == 0
+def _table(capsys, root: Path | None) -> dict[str, str]:
+    """Rows of `harness datasets` by dataset name (root None: $HARNESS_DATA, no --data-dir)."""
+    assert main(["datasets"] + (["--data-dir", str(root)] if root else [])) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["dataset", "status"]
     return {line.split()[0]: line for line in lines[2:] if line and line.split()[0] in
@@ -46,7 +47,7 @@ def test_table_does_not_decode_images_and_caches_checksums(data_root, capsys, mo
         raise AssertionError("the table must not decode a dataset")
 
     monkeypatch.setattr(idx, "parse_idx_images", refuse)
-    _table(capsys, data_root)
+    assert "found" in _table(capsys, None)["mnist"]  # found through $HARNESS_DATA
     cache = json.loads((data_root / checksum.CACHE_NAME).read_text())
     file = str((data_root / "mnist" / "train-images-idx3-ubyte.gz").resolve())
     assert cache[file]["sha256-gunzip"]

@@ -180,8 +180,8 @@ def _load(name: str, data_dir: Path | None, *, split_seed: int, validation_size:
         checksum_note="; ".join(notes),
         split_seed=split_seed,
         source=directory,
-        split_rule="validation = last validation_size of RandomState(split_seed)"
-                   ".permutation(n_train); test = official test file",
+        split_rule="validation = x[perm[-validation_size:]], train = x[perm[:-validation_size]], "
+                   "perm = RandomState(split_seed).permutation(n_train); test = official t10k",
     )
 
 
