@@ -25,7 +25,7 @@ from harness.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 NAME = "image_folder"
-HOW_TO_GET = "pass the path option: a folder of PNG/JPEG images (data: {options: {path: DIR}})"
+HOW_TO_GET = "pass the path option: a folder of PNG/JPEG images"
 
 
 def list_images(folder: Path, *, recursive: bool) -> list[Path]:
