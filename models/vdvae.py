@@ -1,0 +1,287 @@
+"""Very Deep VAE (Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them
+on Images", ICLR 2021): a bottom-up encoder and a top-down decoder of L stochastic blocks with
+diagonal Gaussian posteriors and priors (Section 3, Figure 3), a discretized mixture of logistics
+likelihood, and the effective-stochastic-depth ablation of Section 5.1 (`effective_depth`).
+
+Everything is in nats inside; user-visible names carry their unit. The structure lives in
+`vdvae_config.py` (config, validation, parameter count), `vdvae_blocks.py` (modules) and
+`vdvae_presets.py` (named configurations).
+
+Effective stochastic depth G: the L top-down blocks form G contiguous groups (sizes differ by at
+most one, larger groups first). Every block of a group computes its posterior q, its prior p and
+its prior feature update `xpp` from the group-start state: the input of the group's first block
+(after that block's mix-in), nearest-upsampled to the block's resolution and cut to its width when
+the group crosses a resolution. The feature update is added to the block's own running state, and
+z_proj, the resblock and the `RmS` mix-ins run in order as usual. So the latents of a group are
+conditionally independent given earlier groups, parameters and FLOPs do not depend on G, and
+G = L is exactly the published model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from models.likelihoods import (dmol_grid_to_uint8, dmol_nats_per_dim, dmol_sample,
+                                gaussian_kl, gaussian_log_density, nats_to_bits,
+                                uint8_to_dmol_target)
+from models.registry import register_family
+from models.vdvae_blocks import Decoder, Encoder, Gaussian
+from models.vdvae_config import VDVAEConfig, parameter_count, width_for_param_budget
+from models.vdvae_presets import PRESETS
+
+__all__ = ["VDVAE", "VDVAEConfig", "PRESETS", "parameter_count", "width_for_param_budget"]
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """Latent statistics in at least float32 (they come out of bfloat16 convs under autocast)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+@register_family("vdvae", VDVAEConfig, PRESETS)
+class VDVAE(nn.Module):
+    """`model(images, noise=None)` -> dict of (N,) `elbo_nats_per_dim`, `distortion_nats_per_dim`,
+    `rate_nats_per_dim` and (N, L) `kl_nats_per_layer` (nats per image, per top-down block)."""
+
+    def __init__(self, config: VDVAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.image_channels, c.image_size, c.image_size)
+
+    @property
+    def n_dims(self) -> int:
+        return math.prod(self.image_shape)
+
+    # ------------------------------------------------------------------------------- inputs
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or \
+                tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(f"images: expected uint8 (N, {', '.join(map(str, self.image_shape))})"
+                             f", got {images.dtype} {tuple(images.shape)}")
+
+    def _network_input(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.decoder.gain.dtype)
+        if self.config.input_unit_interval:
+            x = x / 255.0
+        return (x + self.config.input_shift) * self.config.input_scale  # (N, C, H, W)
+
+    def _noise_list(self, noise, n: int, generator, device) -> list[torch.Tensor]:
+        """The standard-normal ε of every top-down block: given, or drawn from `generator`."""
+        shapes = [(n, self.config.zdim, b.resolution, b.resolution)
+                  for b in self.decoder.dec_blocks]
+        if noise is None:
+            dtype = self.decoder.gain.dtype
+            return [torch.randn(s, generator=generator, device=device, dtype=dtype)
+                    for s in shapes]
+        if len(noise) != len(shapes) or any(tuple(e.shape) != s for e, s in zip(noise, shapes)):
+            raise ValueError(f"noise: expected {len(shapes)} tensors shaped {shapes[:2]}..., got "
+                             f"{[tuple(e.shape) for e in noise][:2]}... ({len(noise)} tensors)")
+        return list(noise)
+
+    def _temperatures(self, temperature) -> list[float]:
+        n_layers = self.config.n_top_down
+        if isinstance(temperature, (int, float)):
+            return [float(temperature)] * n_layers
+        temperature = [float(t) for t in temperature]
+        if len(temperature) != n_layers:
+            raise ValueError(f"temperature: give one value or {n_layers} (one per top-down "
+                             f"block), got {len(temperature)}")
+        return temperature
+
+    # ------------------------------------------------------------------------- the ELBO
+
+    def forward(self, images: torch.Tensor, noise: Sequence[torch.Tensor] | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (Section 3).
+
+        images: uint8 (N, C, H, W). noise: optional ε per top-down block (N, zdim, R, R), for
+        common random numbers; otherwise drawn from `generator` (or the global RNG).
+        """
+        self._check_images(images)
+        n = images.shape[0]
+        activations = self.encoder(self._network_input(images))
+        eps = self._noise_list(noise, n, generator, images.device)
+        kls: list[torch.Tensor] = []
+
+        def posterior_draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
+            q_mean, q_logstd = map(_wide, posterior)
+            p_mean, p_logstd = map(_wide, prior)
+            kls.append(gaussian_kl(q_mean, q_logstd, p_mean, p_logstd).sum(dim=(1, 2, 3)))
+            return q_mean + torch.exp(q_logstd) * eps[j]
+
+        params = self.decoder(n, activations, posterior_draw, self.config.n_top_down)
+        distortion = dmol_nats_per_dim(uint8_to_dmol_target(images, self.config.n_bits),
+                                       params, self.config.n_bits)  # (N,)
+        kl_per_layer = torch.stack(kls, dim=1)  # (N, L) nats per image
+        rate = kl_per_layer.sum(dim=1) / self.n_dims
+        return {"elbo_nats_per_dim": distortion + rate,
+                "distortion_nats_per_dim": distortion,
+                "rate_nats_per_dim": rate,
+                "kl_nats_per_layer": kl_per_layer}
+
+    def loss(self, images: torch.Tensor, noise: Sequence[torch.Tensor] | None = None,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Registry interface: `forward` plus `loss_nats_per_dim`, the negative ELBO per dim."""
+        out = self(images, noise=noise, generator=generator)
+        out["loss_nats_per_dim"] = out["elbo_nats_per_dim"]
+        return out
+
+    # ------------------------------------------------------------------ importance weighting
+
+    @torch.no_grad()
+    def log_importance_weights_nats(self, images: torch.Tensor,
+                                    noise: Sequence[torch.Tensor] | None = None,
+                                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) per image (N,), in nats, for one posterior draw,
+        with full Gaussian log densities (its expectation is the ELBO in nats per image)."""
+        self._check_images(images)
+        n = images.shape[0]
+        activations = self.encoder(self._network_input(images))
+        return self._log_weights(images, activations, self._noise_list(noise, n, generator,
+                                                                       images.device))
+
+    def _log_weights(self, images, activations, eps) -> torch.Tensor:
+        n = images.shape[0]
+        log_ratio = torch.zeros(n, device=images.device, dtype=self.decoder.gain.dtype)  # Σ_j log q(z_j) - log p(z_j)
+
+        def posterior_draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
+            nonlocal log_ratio
+            q_mean, q_logstd = map(_wide, posterior)
+            p_mean, p_logstd = map(_wide, prior)
+            z = q_mean + torch.exp(q_logstd) * eps[j]
+            log_ratio = log_ratio + (gaussian_log_density(z, q_mean, q_logstd)
+                                     - gaussian_log_density(z, p_mean, p_logstd)).sum((1, 2, 3))
+            return z
+
+        params = self.decoder(n, activations, posterior_draw, self.config.n_top_down)
+        target = uint8_to_dmol_target(images, self.config.n_bits)
+        log_px = -dmol_nats_per_dim(target, params, self.config.n_bits) * self.n_dims
+        return log_px - log_ratio
+
+    @torch.no_grad()
+    def iw_nll_bits_per_dim(self, images: torch.Tensor, k: int, chunk_size: int = 16,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Importance-weighted NLL bound (Burda et al. 2016) with k posterior samples, (N,) bits/dim.
+
+        -log (1/k) Σ_i w_i with w_i = p(x, z_i) / q(z_i | x); never above the ELBO in expectation,
+        equal to the single-sample ELBO estimate for k = 1, tightening as k grows. The encoder runs
+        once; the decoder sees at most `chunk_size` samples of every image per pass.
+        """
+        self._check_images(images)
+        if k < 1 or chunk_size < 1:
+            raise ValueError(f"k and chunk_size must be >= 1, got k={k}, chunk_size={chunk_size}")
+        n = images.shape[0]
+        activations = self.encoder(self._network_input(images))
+        log_weights = []
+        for start in range(0, k, chunk_size):
+            c = min(chunk_size, k - start)
+            acts = {r: a.repeat(c, 1, 1, 1) for r, a in activations.items()}
+            reps = images.repeat(c, 1, 1, 1)
+            eps = self._noise_list(None, c * n, generator, images.device)
+            log_weights.append(self._log_weights(reps, acts, eps).reshape(c, n))
+        log_weights = torch.cat(log_weights, dim=0)  # (k, N)
+        log_mean = torch.logsumexp(log_weights, dim=0) - math.log(k)
+        return nats_to_bits(-log_mean / self.n_dims)
+
+    # ----------------------------------------------------------------------------- latents
+
+    @torch.no_grad()
+    def posterior_means(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """μ_q of every top-down block, (N, zdim, R, R) each, propagating z = μ_q (ε = 0) down
+        the hierarchy so the result is deterministic (for active-unit counts)."""
+        self._check_images(images)
+        n = images.shape[0]
+        activations = self.encoder(self._network_input(images))
+        means: list[torch.Tensor] = []
+
+        def take_mean(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
+            means.append(_wide(posterior[0]))
+            return means[-1]
+
+        self.decoder(n, activations, take_mean, self.config.n_top_down)
+        return means
+
+    # ---------------------------------------------------------------------------- sampling
+
+    def _prior_draw(self, temperatures: list[float], generator):
+        def draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
+            p_mean, p_logstd = map(_wide, prior)
+            if temperatures[j] == 0.0:
+                return p_mean
+            eps = torch.randn(p_mean.shape, generator=generator, device=p_mean.device,
+                              dtype=p_mean.dtype)
+            return p_mean + torch.exp(p_logstd) * (temperatures[j] * eps)
+        return draw
+
+    def _to_images(self, params: torch.Tensor, pixel_temperature: float, generator):
+        values = dmol_sample(params, self.config.image_channels, self.config.n_bits,
+                             pixel_temperature, generator)
+        return dmol_grid_to_uint8(values, self.config.n_bits)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float | Sequence[float] = 1.0,
+               generator: torch.Generator | None = None,
+               pixel_temperature: float = 1.0) -> torch.Tensor:
+        """n unconditional samples, uint8 (n, C, H, W): z_j ~ p with std × temperature (one value
+        or one per block), then DMOL sampling (`pixel_temperature` 0: the modal component's mean).
+        Latent and pixel temperature 0 make the output deterministic."""
+        draw = self._prior_draw(self._temperatures(temperature), generator)
+        params = self.decoder(n, None, draw, posterior_blocks=0)
+        return self._to_images(params, pixel_temperature, generator)
+
+    @torch.no_grad()
+    def sample_with_fixed_latents(self, images: torch.Tensor, k: int,
+                                  temperature: float | Sequence[float] = 1.0,
+                                  generator: torch.Generator | None = None,
+                                  pixel_temperature: float = 1.0) -> torch.Tensor:
+        """One sample per image, uint8 (N, C, H, W): the first k blocks' latents are posterior
+        draws given the image, the rest come from the prior (Figure 4). k = L reconstructs."""
+        self._check_images(images)
+        if not 0 <= k <= self.config.n_top_down:
+            raise ValueError(f"k: must be in 0..{self.config.n_top_down}, got {k}")
+        n = images.shape[0]
+        activations = self.encoder(self._network_input(images))
+        prior_draw = self._prior_draw(self._temperatures(temperature), generator)
+
+        def draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
+            if j >= k:
+                return prior_draw(j, None, prior)
+            q_mean, q_logstd = map(_wide, posterior)
+            eps = torch.randn(q_mean.shape, generator=generator, device=q_mean.device,
+                              dtype=q_mean.dtype)
+            return q_mean + torch.exp(q_logstd) * eps
+
+        params = self.decoder(n, activations, draw, posterior_blocks=k)
+        return self._to_images(params, pixel_temperature, generator)
+
+    # --------------------------------------------------------------------------- checkpoints
+
+    def load_reference_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load weights named as in the reference's released checkpoints (our names are the same).
+
+        Raises ValueError listing missing, unexpected and mis-shaped tensors."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        mis_shaped = sorted(f"{k} {tuple(state_dict[k].shape)} != {tuple(own[k].shape)}"
+                            for k in set(own) & set(state_dict)
+                            if tuple(state_dict[k].shape) != tuple(own[k].shape))
+        if missing or unexpected or mis_shaped:
+            def show(names):
+                return ", ".join(names[:8]) + (f" (+{len(names) - 8} more)" if len(names) > 8
+                                               else "")
+            raise ValueError(
+                f"state_dict does not fit this VDVAE config: missing {len(missing)} "
+                f"[{show(missing)}], unexpected {len(unexpected)} [{show(unexpected)}], "
+                f"mis-shaped {len(mis_shaped)} [{show(mis_shaped)}]; check the preset/config")
+        self.load_state_dict(state_dict, strict=True)

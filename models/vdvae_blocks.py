@@ -1,0 +1,212 @@
+"""VDVAE building blocks (Child 2021, Section 3 and Figure 3): the bottleneck residual block, the
+bottom-up encoder and the top-down decoder.
+
+Module and parameter names follow the released checkpoints of the public reference, so a reference
+state dict loads key for key: `encoder.in_conv`, `encoder.enc_blocks.N.c1..c4`,
+`decoder.dec_blocks.N.{enc,prior,z_proj,resnet}`, `decoder.bias_xs.N`, `decoder.gain`,
+`decoder.bias`, `decoder.out_net.out_conv`. In a top-down block `enc` is the posterior
+q(z | x, z_<i) and `prior` the prior p(z | z_<i) together with the feature update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.vdvae_config import VDVAEConfig, encoder_resolutions
+
+Gaussian = tuple[torch.Tensor, torch.Tensor]  # (mean, log std), each (N, zdim, R, R)
+# choose_latent(block index, posterior or None, prior) -> z (N, zdim, R, R)
+LatentChooser = Callable[[int, "Gaussian | None", Gaussian], torch.Tensor]
+
+
+def _conv(in_width: int, out_width: int, kernel: int, zero_weights: bool = False) -> nn.Conv2d:
+    """PyTorch's default weight init, zero bias (and zero weights for the prior's last conv)."""
+    conv = nn.Conv2d(in_width, out_width, kernel, padding=kernel // 2)
+    nn.init.zeros_(conv.bias)
+    if zero_weights:
+        nn.init.zeros_(conv.weight)
+    return conv
+
+
+class Bottleneck(nn.Module):
+    """GELU → 1×1 → GELU → 3×3 → GELU → 3×3 → GELU → 1×1, optional residual add and pooling.
+
+    At resolutions ≤ 2 the two 3×3 convs are 1×1 (`use_3x3=False`).
+    """
+
+    def __init__(self, in_width: int, middle_width: int, out_width: int, *, residual: bool,
+                 use_3x3: bool, down_rate: int | None = None, zero_last: bool = False):
+        super().__init__()
+        kernel = 3 if use_3x3 else 1
+        self.residual, self.down_rate = residual, down_rate
+        self.c1 = _conv(in_width, middle_width, 1)
+        self.c2 = _conv(middle_width, middle_width, kernel)
+        self.c3 = _conv(middle_width, middle_width, kernel)
+        self.c4 = _conv(middle_width, out_width, 1, zero_weights=zero_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, in, R, R) -> (N, out, R', R')
+        h = self.c1(F.gelu(x))
+        h = self.c2(F.gelu(h))
+        h = self.c3(F.gelu(h))
+        h = self.c4(F.gelu(h))
+        out = x + h if self.residual else h
+        if self.down_rate:
+            out = F.avg_pool2d(out, kernel_size=self.down_rate, stride=self.down_rate)
+        return out
+
+
+def _scale_(weight: torch.Tensor, factor: float) -> None:
+    with torch.no_grad():
+        weight.mul_(factor)
+
+
+class Encoder(nn.Module):
+    """Bottom-up path: activations per resolution, zero-padded to that resolution's width."""
+
+    def __init__(self, config: VDVAEConfig):
+        super().__init__()
+        width = config.width_at(config.image_size)
+        self.in_conv = _conv(config.image_channels, width, 3)
+        layers = config.encoder_layers
+        blocks = []
+        for layer in layers:
+            block = Bottleneck(config.width_at(layer.resolution),
+                               config.middle_width(layer.resolution),
+                               config.width_at(layer.resolution), residual=True,
+                               use_3x3=layer.resolution > 2, down_rate=layer.down_rate)
+            _scale_(block.c4.weight, math.sqrt(1.0 / len(layers)))
+            blocks.append(block)
+        self.enc_blocks = nn.ModuleList(blocks)
+        self._widths = {r: config.width_at(r) for r in encoder_resolutions(config)}
+
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        x = self.in_conv(x)  # (N, w, H, W)
+        activations = {x.shape[-1]: x}
+        for block in self.enc_blocks:
+            x = block(x)
+            missing = self._widths[x.shape[-1]] - x.shape[1]
+            if missing > 0:
+                x = F.pad(x, (0, 0, 0, 0, 0, missing))
+            activations[x.shape[-1]] = x  # the last block at a resolution wins
+        return activations
+
+
+class TopDownBlock(nn.Module):
+    """One stochastic layer: posterior, prior with feature update, latent projection, resblock."""
+
+    def __init__(self, config: VDVAEConfig, resolution: int, mixin: int | None, n_blocks: int):
+        super().__init__()
+        self.resolution, self.mixin = resolution, mixin
+        self.width, self.zdim = config.width_at(resolution), config.zdim
+        middle, use_3x3 = config.middle_width(resolution), resolution > 2
+        self.enc = Bottleneck(2 * self.width, middle, 2 * self.zdim, residual=False,
+                              use_3x3=use_3x3)
+        self.prior = Bottleneck(self.width, middle, 2 * self.zdim + self.width, residual=False,
+                                use_3x3=use_3x3, zero_last=True)
+        self.z_proj = _conv(self.zdim, self.width, 1)
+        _scale_(self.z_proj.weight, math.sqrt(1.0 / n_blocks))
+        self.resnet = Bottleneck(self.width, middle, self.width, residual=True, use_3x3=use_3x3)
+        _scale_(self.resnet.c4.weight, math.sqrt(1.0 / n_blocks))
+
+    def posterior(self, state: torch.Tensor, activation: torch.Tensor) -> Gaussian:
+        mean, logstd = self.enc(torch.cat([state, activation], dim=1)).chunk(2, dim=1)
+        return mean, logstd
+
+    def prior_and_features(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor]:
+        out = self.prior(state)  # (N, 2·zdim + w, R, R)
+        z = self.zdim
+        return out[:, :z], out[:, z:2 * z], out[:, 2 * z:]
+
+
+def resize_state(state: torch.Tensor, resolution: int, width: int) -> torch.Tensor:
+    """Nearest-upsample a decoder state to `resolution`, then cut (or zero-pad) it to `width`."""
+    if state.shape[-1] != resolution:
+        state = F.interpolate(state, size=(resolution, resolution), mode="nearest")
+    if state.shape[1] > width:
+        state = state[:, :width]
+    elif state.shape[1] < width:
+        state = F.pad(state, (0, 0, 0, 0, 0, width - state.shape[1]))
+    return state
+
+
+class DmolHead(nn.Module):
+    """The 1×1 conv to DMOL parameters (named `out_net.out_conv` as in the checkpoints)."""
+
+    def __init__(self, width: int, out_channels: int):
+        super().__init__()
+        self.out_conv = _conv(width, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_conv(x)
+
+
+class Decoder(nn.Module):
+    """Top-down path with optional grouping of blocks (effective stochastic depth)."""
+
+    def __init__(self, config: VDVAEConfig):
+        super().__init__()
+        layers = config.decoder_layers
+        self.dec_blocks = nn.ModuleList(
+            TopDownBlock(config, layer.resolution, layer.mixin, len(layers)) for layer in layers)
+        self.bias_resolutions = config.bias_resolutions
+        self.bias_xs = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, config.width_at(r), r, r)) for r in self.bias_resolutions)
+        width = config.width_at(config.image_size)
+        self.gain = nn.Parameter(torch.ones(1, width, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, width, 1, 1))
+        self.out_net = DmolHead(width, config.out_channels)
+        self.image_size = config.image_size
+        self.groups = config.groups
+
+    def _block_input(self, block: TopDownBlock, states: dict[int, torch.Tensor],
+                     n: int) -> torch.Tensor:
+        x = states.get(block.resolution)
+        if x is None:  # a resolution above no_bias_above starts from zeros
+            x = self.gain.new_zeros(n, block.width, block.resolution, block.resolution)
+        if block.mixin is not None:  # broadcasts a (1, w, R, R) bias over the batch
+            return x + resize_state(states[block.mixin][:, :block.width], block.resolution,
+                                    block.width)
+        if x.shape[0] != n:
+            # A real copy, not an expanded view of the bias parameter: views of parameters made
+            # under no_grad break FlopCounterMode's module hooks; this is usually the (N, w, 1, 1) top.
+            x = x.repeat(n, 1, 1, 1)
+        return x
+
+    def forward(self, n: int, activations: dict[int, torch.Tensor] | None,
+                choose_latent: LatentChooser, posterior_blocks: int) -> torch.Tensor:
+        """Run the top-down path for a batch of n; returns DMOL parameters (N, M(1+3C), H, W).
+
+        Blocks `j < posterior_blocks` compute their posterior from `activations`; each block's
+        latent is `choose_latent(j, posterior or None, prior)`.
+
+        Grouping (Section 5.1): inside a group every block computes q, p and the feature update
+        from the state at the start of the group (the first block's input, after its mix-in),
+        nearest-upsampled and cut to the block's resolution and width. The feature update is then
+        added to the block's own running state and the deterministic path (z_proj, resblock,
+        mix-ins) runs in order, so with one block per group this is exactly the usual decoder.
+        """
+        states = dict(zip(self.bias_resolutions, self.bias_xs))
+        for group in self.groups:
+            group_start = None
+            for j in group:
+                block = self.dec_blocks[j]
+                x = self._block_input(block, states, n)  # (N, w, R, R)
+                if group_start is None:
+                    group_start = cond = x
+                else:
+                    cond = resize_state(group_start, block.resolution, block.width)
+                posterior = (block.posterior(cond, activations[block.resolution])
+                             if j < posterior_blocks else None)
+                prior_mean, prior_logstd, features = block.prior_and_features(cond)
+                z = choose_latent(j, posterior, (prior_mean, prior_logstd))
+                x = x + features
+                x = x + block.z_proj(z)
+                states[block.resolution] = block.resnet(x)
+        x = states[self.image_size]
+        return self.out_net(x * self.gain + self.bias)
