@@ -1,0 +1,437 @@
+"""The report's figures, each a pure function of result rows returning a `Rendered`.
+
+Figures are built on `matplotlib.figure.Figure` directly (no pyplot): no GUI backend, no global
+figure registry, nothing left open. A figure whose data is absent comes back with `figure=None`
+and the reason in `note`; the report lists it as skipped.
+
+Depth figures follow the VDVAE depth ablation (Child 2021, Section 5.2: bits/dim against
+effective stochastic depth at fixed parameters).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from harness.report.format import fmt_fixed, fmt_percent, fmt_ratio
+from harness.report.tables import model_name, sampling_rows, sort_cells, speed_ratios
+
+FIGSIZE = (7.5, 4.6)
+STYLE = {
+    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+    "savefig.dpi": 110, "image.cmap": "viridis",
+}
+SEED_MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+
+
+@dataclass
+class Rendered:
+    name: str  # PNG file stem
+    title: str
+    figure: Figure | None  # None: skipped
+    note: str  # caption (weights, caveats), or why the figure was skipped
+    weights: str = ""  # which weights the plotted numbers come from
+
+
+def skipped(name: str, title: str, reason: str) -> Rendered:
+    return Rendered(name, title, None, reason)
+
+
+def _finish(fig: Figure, caption: str) -> None:
+    """Lay out the axes above a small caption strip (the PNG then carries its own caption)."""
+    wrapped = textwrap.fill(caption, width=150)
+    lines = wrapped.count("\n") + 1
+    bottom = min(0.04 + 0.03 * lines, 0.3)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.text(0.01, 0.01, wrapped, fontsize=6.5, va="bottom", ha="left", color="0.25")
+
+
+def _log2_depth_axis(ax, depths) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(d) for d in depths})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.minorticks_off()
+
+
+def _weights_label(values) -> str:
+    kinds = sorted({v for v in values if isinstance(v, str)})
+    if not kinds:
+        return "weights not recorded"
+    return f"weights: {kinds[0]}" if len(kinds) == 1 else \
+        f"weights: mixed ({', '.join(kinds)}; see the summary table)"
+
+
+def _done(summary: pd.DataFrame, model: str) -> pd.DataFrame:
+    return summary[(summary["model"] == model) & summary["test_bits_per_dim"].notna()]
+
+
+def _reference_lines(ax, summary: pd.DataFrame, plotted: list[float]) -> list[str]:
+    """PixelCNN and codec cells as horizontal lines; codecs only when near the plotted range.
+    Returns notes for codecs left off."""
+    notes = []
+    for _, row in _done(summary, "pixelcnn").iterrows():
+        ax.axhline(row["test_bits_per_dim"], color="black", linestyle="--", linewidth=1,
+                   label=f"Gated PixelCNN {row['cell']} ({fmt_fixed(row['test_bits_per_dim'])})")
+        plotted = plotted + [row["test_bits_per_dim"]]
+    low, high = min(plotted), max(plotted)
+    span = max(high - low, 0.1)
+    for _, row in _done(summary, "codec").iterrows():
+        value = row["test_bits_per_dim"]
+        if low - 2 * span <= value <= high + 2 * span:
+            ax.axhline(value, color="0.5", linestyle=":", linewidth=1,
+                       label=f"codec {row['cell']} ({fmt_fixed(value)})")
+        else:
+            notes.append(f"codec {row['cell']} at {fmt_fixed(value)} bits/dim is off scale")
+    return notes
+
+
+def bits_vs_depth(summary: pd.DataFrame, suffix: str = "") -> Rendered:
+    name, title = f"bits_vs_depth{suffix}", "Test bits/dim vs effective stochastic depth"
+    vdvae = _done(summary, "vdvae")
+    vdvae = vdvae[vdvae["effective_depth"].notna()]
+    if vdvae["effective_depth"].nunique() < 2:
+        return skipped(name, title, "needs VDVAE test bits/dim at two or more effective depths "
+                                    "(no depth sweep in these results)")
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.add_subplot()
+    seeds = sorted(vdvae["seed"].fillna(0).astype(int).unique())
+    for index, seed in enumerate(seeds):
+        rows = vdvae[vdvae["seed"].fillna(0).astype(int) == seed].sort_values("effective_depth")
+        jitter = 1.0 + 0.04 * (index - (len(seeds) - 1) / 2)  # separate seeds on a log axis
+        ax.errorbar(rows["effective_depth"] * jitter, rows["test_bits_per_dim"],
+                    yerr=rows["test_bits_per_dim_ci95"].fillna(0), capsize=3, linestyle="none",
+                    marker=SEED_MARKERS[index % len(SEED_MARKERS)], markersize=5, alpha=0.8,
+                    label=f"VDVAE seed {seed}")
+    means = vdvae.groupby("effective_depth")["test_bits_per_dim"].mean()
+    ax.plot(means.index, means.values, color="black", marker="_", markersize=14, linewidth=1.2,
+            label="mean over seeds")
+    notes = _reference_lines(ax, summary, list(vdvae["test_bits_per_dim"]))
+    _log2_depth_axis(ax, means.index)
+    ax.set_xlabel("effective stochastic depth G (groups of top-down layers)")
+    ax.set_ylabel("test bits/dim (± 95% CI over images)")
+    ax.set_title(title)
+    _legend_right(ax)
+    caption = (f"{_weights_label(vdvae['weights'])}. Points: one cell each (seeds offset "
+               "sideways); line: mean over seeds; unpaired CIs overstate the uncertainty of "
+               "differences, see the paired figure. " + "; ".join(notes))
+    _finish(fig, caption)
+    return Rendered(name, title, fig, caption, _weights_label(vdvae["weights"]))
+
+
+def paired_differences(paired: pd.DataFrame, weights: str | None, suffix: str = "") -> Rendered:
+    name = f"paired_differences{suffix}"
+    title = "Paired difference vs the deepest model, same test images"
+    if not len(paired):
+        return skipped(name, title, "needs per-image test bits/dim of two or more VDVAE depths "
+                                    "(cells/<cell>/per_image_test_bits_per_dim_<weights>.npy)")
+    if weights not in set(paired["weights"]):
+        weights = sorted(paired["weights"])[0]
+    rows = paired[paired["weights"] == weights]
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.add_subplot()
+    seeds = sorted(rows["seed"].fillna(0).astype(int).unique())
+    for index, seed in enumerate(seeds):
+        own = rows[rows["seed"].fillna(0).astype(int) == seed].sort_values("effective_depth")
+        jitter = 1.0 + 0.04 * (index - (len(seeds) - 1) / 2)
+        x = own["effective_depth"] * jitter
+        ax.errorbar(x, own["mean_diff_bits_per_dim"], yerr=own["ci95_bits_per_dim"], capsize=3,
+                    linestyle="none", marker=SEED_MARKERS[index % len(SEED_MARKERS)],
+                    markersize=5, label=f"seed {seed} (vs {own['reference_cell'].iloc[0]})")
+        for xi, yi, fraction in zip(x, own["mean_diff_bits_per_dim"],
+                                    own["fraction_deeper_better"]):
+            ax.annotate(fmt_percent(fraction, 0), (xi, yi), textcoords="offset points",
+                        xytext=(7, 4 - 9 * index), fontsize=6.5, color=f"C{index}")
+    deepest = int(rows["reference_depth"].max())
+    means = rows.groupby("effective_depth")["mean_diff_bits_per_dim"].mean()
+    means.loc[deepest] = 0.0  # the reference itself
+    means = means.sort_index()
+    ax.plot(means.index, means.values, color="black", marker="_", markersize=14, linewidth=1.2,
+            label="mean over seeds")
+    ax.plot([deepest], [0.0], marker="*", markersize=11, color="black", linestyle="none",
+            label=f"reference G={deepest}")
+    ax.axhline(0.0, color="0.4", linewidth=0.8)
+    _log2_depth_axis(ax, means.index)
+    ax.set_xlabel("effective stochastic depth G")
+    ax.set_ylabel(f"bits/dim: G minus G={deepest} (± 95% CI)")
+    ax.set_title(f"{title} (N = {int(rows['n_images'].iloc[0]):,})")
+    _legend_right(ax)
+    others = sorted(set(paired["weights"]) - {weights})
+    caption = (f"weights: {weights}. Mean over images of (shallower minus deepest) per-image "
+               "bits/dim, ± 1.96·sd/√N; positive = deeper is better. Labels: share of images on "
+               "which the deeper model is better."
+               + (f" Pairs for {', '.join(others)} weights are in the table." if others else ""))
+    _finish(fig, caption)
+    return Rendered(name, title, fig, caption, f"weights: {weights}")
+
+
+def bits_vs_params(summary: pd.DataFrame, suffix: str = "") -> Rendered:
+    name, title = f"bits_vs_params{suffix}", "Test bits/dim vs parameters"
+    models = summary[summary["model"].isin(["vdvae", "pixelcnn"])
+                     & summary["test_bits_per_dim"].notna() & summary["params"].notna()]
+    if not len(models):
+        return skipped(name, title, "no model cell has both test bits/dim and a parameter count")
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.add_subplot()
+    vdvae = models[models["model"] == "vdvae"]
+    depths = sorted(vdvae["effective_depth"].dropna().unique())
+    colors = _depth_colors(depths)
+    for index, depth in enumerate(depths):
+        rows = vdvae[vdvae["effective_depth"] == depth]
+        jitter = 1.0 + 0.015 * (index - (len(depths) - 1) / 2)  # depths share their params
+        ax.errorbar(rows["params"] * jitter, rows["test_bits_per_dim"],
+                    yerr=rows["test_bits_per_dim_ci95"].fillna(0), linestyle="none", marker="o",
+                    capsize=3, color=colors[depth], label=f"VDVAE G={int(depth)}")
+    pixelcnn = models[models["model"] == "pixelcnn"]
+    if len(pixelcnn):
+        ax.errorbar(pixelcnn["params"], pixelcnn["test_bits_per_dim"],
+                    yerr=pixelcnn["test_bits_per_dim_ci95"].fillna(0), linestyle="none",
+                    marker="s", capsize=3, color="black", label="Gated PixelCNN")
+    codecs = summary[(summary["model"] == "codec") & summary["test_bits_per_dim"].notna()]
+    notes = []
+    plotted = list(models["test_bits_per_dim"])
+    span = max(max(plotted) - min(plotted), 0.1)
+    for _, row in codecs.iterrows():
+        if min(plotted) - 2 * span <= row["test_bits_per_dim"] <= max(plotted) + 2 * span:
+            ax.axhline(row["test_bits_per_dim"], color="0.5", linestyle=":", linewidth=1,
+                       label=f"codec {row['cell']} (no parameters)")
+        else:
+            notes.append(f"codec {row['cell']} off scale")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test bits/dim (± 95% CI)")
+    ax.set_title(title)
+    _legend_right(ax)
+    caption = (f"{_weights_label(models['weights'])}. The depth ablation holds parameters "
+               "fixed, so VDVAE depths share one x position (offset slightly to stay visible). " + "; ".join(notes))
+    _finish(fig, caption)
+    return Rendered(name, title, fig, caption, _weights_label(models["weights"]))
+
+
+def _legend_right(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _depth_colors(depths) -> dict:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    n = max(len(depths) - 1, 1)
+    return {d: cmap(0.9 * i / n) for i, d in enumerate(depths)}
+
+
+def sampling_throughput(metrics: pd.DataFrame) -> Rendered:
+    name, title = "sampling_throughput", "Sampling throughput vs resolution"
+    rows = sampling_rows(metrics)
+    rows = rows[rows["image_size"].notna()]
+    if not len(rows):
+        return skipped(name, title, "no sample_images_per_s rows with image_size in "
+                                    "metrics.jsonl")
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.add_subplot()
+    styles = {("vdvae", "ancestral"): ("tab:blue", "o"), ("pixelcnn", "naive"): ("black", "s"),
+              ("pixelcnn", "cached"): ("tab:orange", "^")}
+    for (model, method, batch), group in rows.groupby(["model", "method", "batch_size"],
+                                                      dropna=False):
+        group = group.sort_values("image_size")
+        color, marker = styles.get((model, method), (None, "x"))
+        batch_text = "" if pd.isna(batch) else f", batch {int(batch)}"
+        ax.plot(group["image_size"], group["images_per_s"], marker=marker, color=color,
+                label=f"{model_name(model)} {method}{batch_text}")
+    ratios = speed_ratios(rows)
+    for _, ratio in ratios.iterrows():
+        for method, offset in (("naive", 6), ("cached", 6)):
+            value = ratio[f"pixelcnn_{method}_images_per_s"]
+            if not pd.isna(value):
+                ax.annotate(f"VDVAE {fmt_ratio(ratio[f'ratio_vs_{method}'])} faster than "
+                            f"{method}",
+                            (ratio["image_size"], value), textcoords="offset points",
+                            xytext=(6, offset), fontsize=6.5)
+    ax.set_yscale("log")
+    sizes = sorted(rows["image_size"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([f"{int(s)}×{int(s)}" for s in sizes])
+    ax.minorticks_off()
+    ax.margins(x=0.25, y=0.12)
+    ax.set_xlabel("image size")
+    ax.set_ylabel("images/s (log scale)")
+    ax.set_title(title)
+    _legend_right(ax)
+    caption = ("Median over cells of the median of timed repeats after warm-up, same device. "
+               "Annotations: VDVAE images/s divided by PixelCNN images/s (naive: one network "
+               "pass per sub-pixel; cached: Ramachandran et al. 2017) at the same batch size."
+               + ("" if len(ratios) else " No resolution has both models: no ratio."))
+    _finish(fig, caption)
+    return Rendered(name, title, fig, caption, "timing only (no likelihood)")
+
+
+def _layer_matrix(metrics: pd.DataFrame, summary: pd.DataFrame, metric: str,
+                  weights: str | None) -> tuple[pd.DataFrame, str]:
+    """(cells × layers) mean of `metric`, test split preferred, the given weights preferred."""
+    rows = metrics[(metrics["metric"] == metric) & metrics["layer"].notna()
+                   & metrics["value"].notna()]
+    if not len(rows):
+        return pd.DataFrame(), ""
+    for split in ("test", "validation", "train"):
+        if (rows["split"] == split).any():
+            rows = rows[rows["split"] == split]
+            break
+    used = "not recorded"
+    if rows["weights"].notna().any():
+        used = weights if weights in set(rows["weights"]) else sorted(rows["weights"].dropna())[0]
+        rows = rows[rows["weights"] == used]
+    matrix = rows.pivot_table(index="cell", columns="layer", values="value", aggfunc="mean")
+    order = [c for c in sort_cells(summary)["cell"] if c in matrix.index]
+    order += sorted(set(matrix.index) - set(order))
+    matrix = matrix.loc[order]
+    matrix.columns = [int(c) for c in matrix.columns]
+    split = rows["split"].dropna().iloc[0] if rows["split"].notna().any() else "unknown split"
+    return matrix, f"{split} split, weights: {used}"
+
+
+def _cell_labels(summary: pd.DataFrame, cells) -> list[str]:
+    by_cell = summary.set_index("cell")
+    labels = []
+    for cell in cells:
+        depth = by_cell["effective_depth"].get(cell) if cell in by_cell.index else None
+        labels.append(cell if depth is None or pd.isna(depth) else f"{cell} (G={int(depth)})")
+    return labels
+
+
+def layer_heatmap(metrics: pd.DataFrame, summary: pd.DataFrame, weights: str | None,
+                  metric: str) -> Rendered:
+    """KL per layer (`kl_bits_per_dim`) or active units per layer (`active_units`)."""
+    is_kl = metric == "kl_bits_per_dim"
+    name = "kl_per_layer" if is_kl else "active_units_per_layer"
+    title = ("KL per top-down layer (bits/dim): which layers carry information" if is_kl
+             else "Active latent units per top-down layer")
+    matrix, used = _layer_matrix(metrics, summary, metric, weights)
+    if matrix.empty:
+        return skipped(name, title, f"no {metric} rows with a layer in metrics.jsonl")
+    height = min(1.6 + 0.28 * len(matrix), 9.0)
+    fig = Figure(figsize=(FIGSIZE[0], max(height, 3.0)))
+    ax = fig.add_subplot()
+    values = matrix.to_numpy(dtype=float)  # (cells, layers)
+    image = ax.imshow(values, aspect="auto", cmap="magma_r" if is_kl else "viridis",
+                      interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="KL bits/dim" if is_kl else "active units", shrink=0.9)
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_xticklabels([str(c) for c in matrix.columns])
+    ax.set_yticks(range(values.shape[0]))
+    ax.set_yticklabels(_cell_labels(summary, matrix.index))
+    ax.grid(False)
+    if values.size <= 400:
+        finite = values[np.isfinite(values)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for (i, j), v in np.ndenumerate(values):
+            if math.isfinite(v):
+                text = f"{v:.2f}" if is_kl else f"{v:.0f}"
+                dark = (v > middle) == is_kl  # magma_r is dark at the top, viridis at the bottom
+                ax.text(j, i, text, ha="center", va="center", fontsize=5.5,
+                        color="white" if dark else "black")
+    ax.set_xlabel("top-down layer (0 = first block after the top bias)")
+    ax.set_title(title)
+    caption = (f"{used}. " + ("Per-layer KL(q‖p) in bits per image dimension; near-zero rows of "
+                              "a layer mean it is unused." if is_kl else
+                              "Units with Cov_x(E_q[z]) > 0.01."))
+    _finish(fig, caption)
+    return Rendered(name, title, fig, caption, used)
+
+
+def training_curves(summary: pd.DataFrame, logs: dict[str, pd.DataFrame]) -> Rendered:
+    name, title = "training_curves", "Training loss (bits/dim) vs step"
+    curves = {}
+    for cell, log in logs.items():
+        if {"type", "step", "loss_bits_per_dim"} <= set(log.columns):
+            train = log[log["type"] == "train"][["step", "loss_bits_per_dim"]]
+            train = train.apply(pd.to_numeric, errors="coerce").dropna().sort_values("step")
+            if len(train):
+                curves[cell] = train
+    if not curves:
+        return skipped(name, title, "no cells/*/train_log.jsonl with train rows")
+    fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1]))
+    full, zoom = fig.subplots(1, 2)
+    by_cell = summary.set_index("cell")
+    depths = sorted(summary.loc[summary["model"] == "vdvae", "effective_depth"].dropna().unique())
+    colors = _depth_colors(depths)
+    order = [c for c in sort_cells(summary)["cell"] if c in curves]
+    order += sorted(set(curves) - set(order))
+    late_losses = []
+    for cell in order:
+        curve = curves[cell]
+        row = by_cell.loc[cell] if cell in by_cell.index else None
+        depth = None if row is None else row["effective_depth"]
+        seed = 0 if row is None or pd.isna(row["seed"]) else int(row["seed"])
+        color = colors.get(depth, "black") if depth is not None and not pd.isna(depth) \
+            else "black"
+        style = ("-", "--", ":", "-.")[seed % 4]
+        for ax in (full, zoom):
+            ax.plot(curve["step"], curve["loss_bits_per_dim"], color=color, linestyle=style,
+                    linewidth=1.1, label=cell)
+        half = curve[curve["step"] >= curve["step"].max() / 2]
+        late_losses += list(half["loss_bits_per_dim"])
+    start = min(float(curves[c]["step"].max()) for c in curves) / 2
+    zoom.set_xlim(start, max(float(c["step"].max()) for c in curves.values()))
+    low, high = min(late_losses), max(late_losses)
+    margin = max(high - low, 0.01) * 0.1
+    zoom.set_ylim(low - margin, high + margin)
+    full.set_title(title)
+    zoom.set_title("second half of training (zoom)")
+    for ax in (full, zoom):
+        ax.set_xlabel("step")
+    full.set_ylabel("training loss, bits/dim")
+    full.legend(loc="upper right", ncol=1 if len(order) <= 8 else 2)
+    caption = ("Training loss of the current (raw) weights, one line per cell; colour = "
+               "effective depth (viridis, black = not VDVAE), line style = seed.")
+    _finish(fig, caption)
+    return Rendered(name, title, fig, caption, "raw (current) weights during training")
+
+
+def sample_grids(summary: pd.DataFrame, samples: dict[str, object], notes: list[str],
+                 per_figure: int = 12) -> list[Rendered]:
+    """`cells/*/samples.png` side by side, at most `per_figure` cells per figure."""
+    from PIL import Image
+
+    title = "Samples"
+    order = [c for c in sort_cells(summary)["cell"] if c in samples]
+    order += sorted(set(samples) - set(order))
+    images = {}
+    for cell in order:
+        try:
+            with Image.open(samples[cell]) as image:
+                images[cell] = np.asarray(image.convert("L") if image.mode in ("L", "I", "1")
+                                          else image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            notes.append(f"cells/{cell}/samples.png unreadable ({error}); not shown")
+    if not images:
+        return [skipped("samples", title, "no cells/*/samples.png")]
+    cells = list(images)
+    chunks = [cells[i:i + per_figure] for i in range(0, len(cells), per_figure)]
+    rendered = []
+    for index, chunk in enumerate(chunks):
+        columns = min(4, len(chunk))
+        rows = math.ceil(len(chunk) / columns)
+        fig = Figure(figsize=(FIGSIZE[0], 0.6 + 2.0 * rows))
+        axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
+        for ax, cell in zip(axes, chunk):
+            image = images[cell]
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255,
+                      interpolation="nearest")
+            ax.set_title(_cell_labels(summary, [cell])[0], fontsize=7)
+        for ax in axes:
+            ax.axis("off")
+        name = "samples" if len(chunks) == 1 else f"samples_{index + 1}"
+        caption = ("Sample grids as written by each cell (cells/<cell>/samples.png): ancestral "
+                   "for VDVAE, autoregressive for PixelCNN; see provenance for weights and "
+                   "temperature.")
+        fig.suptitle(title if len(chunks) == 1 else f"{title} ({index + 1}/{len(chunks)})")
+        _finish(fig, caption)
+        rendered.append(Rendered(name, title, fig, caption, "as recorded by each cell"))
+    return rendered
