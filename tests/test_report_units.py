@@ -1,0 +1,79 @@
+"""Report building blocks: paired differences by hand, reference choice, table writers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from harness.report.format import (
+    Table, fmt_int, fmt_rate, fmt_ratio, fmt_seconds, fmt_si, latex_escape, to_csv, to_latex,
+    to_markdown,
+)
+from harness.report.stats import choose_reference, paired_difference
+
+
+def test_paired_difference_small_example_by_hand():
+    # d = [0.1, -0.05, 0.1, 0.1]: mean 0.0625; deviations 0.0375, -0.1125, 0.0375, 0.0375;
+    # sum of squares 0.016875, / (N-1) = 0.005625, sd 0.075; CI = 1.96 * 0.075 / 2 = 0.0735.
+    shallow = [3.0, 3.2, 3.4, 3.1]
+    deep = [2.9, 3.25, 3.3, 3.0]
+    result = paired_difference(shallow, deep)
+    assert result.mean_bits_per_dim == pytest.approx(0.0625, abs=1e-12)
+    assert result.ci95_bits_per_dim == pytest.approx(0.0735, abs=1e-12)
+    assert result.fraction_deeper_better == 0.75
+    assert result.n_images == 4
+
+
+def test_paired_difference_is_antisymmetric_and_ties_are_not_wins():
+    a, b = [1.0, 2.0, 3.0], [1.0, 1.5, 3.5]
+    forward, backward = paired_difference(a, b), paired_difference(b, a)
+    assert forward.mean_bits_per_dim == pytest.approx(-backward.mean_bits_per_dim)
+    assert forward.ci95_bits_per_dim == pytest.approx(backward.ci95_bits_per_dim)
+    assert forward.fraction_deeper_better == pytest.approx(1 / 3)  # the tie counts for neither
+    assert backward.fraction_deeper_better == pytest.approx(1 / 3)
+
+
+def test_choose_reference_same_seed_then_seed_zero_then_lowest():
+    deepest = {0: "g14_s0", 1: "g14_s1"}
+    assert choose_reference(1, deepest) == ("g14_s1", "same seed")
+    assert choose_reference(5, deepest) == ("g14_s0", "seed-0 fallback")
+    assert choose_reference(5, {3: "g14_s3", 2: "g14_s2"}) == ("g14_s2", "seed-2 fallback")
+    assert choose_reference(0, {}) is None
+
+
+def _table() -> Table:
+    data = pd.DataFrame({"name": ["a|b", "x_y & 50%"], "value": [1.5, math.nan]})
+    display = pd.DataFrame({"name": data["name"], "value ± CI": ["1.500 ± 0.010", "–"]})
+    return Table("demo", "Demo_table", data, display, ("l", "r"), "Caption with 5% and #1.")
+
+
+def test_markdown_writer_escapes_pipes_and_aligns_numbers():
+    assert to_markdown(_table()) == (
+        "| name | value ± CI |\n"
+        "|:---|---:|\n"
+        "| a\\|b | 1.500 ± 0.010 |\n"
+        "| x_y & 50% | – |\n")
+
+
+def test_latex_writer_escapes_and_uses_booktabs():
+    tex = to_latex(_table())
+    assert r"\begin{tabular}{lr}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"x\_y \& 50\% & -- \\" in tex
+    assert r"a|b & 1.500 $\pm$ 0.010 \\" in tex
+    assert r"\caption{Demo\_table. Caption with 5\% and \#1.}" in tex
+    assert latex_escape("{~^\\}") == r"\{\textasciitilde{}\textasciicircum{}\textbackslash{}\}"
+
+
+def test_csv_writer_keeps_raw_values_and_empty_for_missing():
+    assert to_csv(_table()) == 'name,value\na|b,1.5\nx_y & 50%,\n'
+
+
+def test_number_formats():
+    assert fmt_int(402735.0) == "402,735" and fmt_int(None) == "–"
+    assert fmt_si(2.5e8) == "250 M" and fmt_si(1.234e9) == "1.23 G" and fmt_si(12) == "12"
+    assert fmt_rate(3400.0) == "3,400" and fmt_rate(0.5) == "0.5" and fmt_rate(70.83) == "70.8"
+    assert fmt_ratio(1700.0) == "1,700×" and fmt_ratio(70.8333) == "70.8×"
+    assert fmt_seconds(3599) == "59 min 59 s" and fmt_seconds(7384) == "2 h 03 min"
+    assert fmt_seconds(12.34) == "12.3 s"
