@@ -42,7 +42,9 @@ def flops_per_image(model: nn.Module, images: torch.Tensor) -> float:
     assert images.dtype == torch.uint8 and images.dim() == 4, (images.dtype, images.shape)
     images = images.to(model_device(model))
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    # Not under inference mode: the counter's module tracker hooks autograd on parameters that a
+    # module receives as inputs (VDVAE's learned bias), which inference mode forbids.
+    with torch.inference_mode(False), torch.no_grad(), counter:
         model.loss(images)
     return counter.get_total_flops() / images.shape[0]
 

@@ -153,3 +153,25 @@ def test_sampling_throughput_is_the_median_after_warmup():
     rate = sampling_images_per_s(_SleepySampler(), batch_size=6, repeats=3, warmup=1)
     assert rate == pytest.approx(6 / 0.03, rel=0.25)
     assert peak_memory_bytes("cpu") > 10_000_000  # a Python process with torch loaded
+
+
+class _BiasAsInput(torch.nn.Module):
+    """A parameter handed to a submodule as its input (as VDVAE's learned top-down bias is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(1, 2, 4, 4))
+        self.conv = torch.nn.Conv2d(2, 2, 1)
+
+    def loss(self, images):
+        out = self.conv(self.bias).mean() + images.float().mean(dim=(1, 2, 3))
+        return {"loss_nats_per_dim": out}
+
+
+def test_flops_count_works_inside_inference_mode_with_trainable_parameters():
+    from harness.throughput import flops_per_image
+
+    model = _BiasAsInput()  # built outside inference mode, as evaluate's models are
+    with torch.inference_mode():  # evaluate() runs everything inside inference mode
+        flops = flops_per_image(model, torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+    assert flops == 2 * 16 * 2 * 2 / 2  # one 1x1 conv on a batch-free bias, shared by 2 images
