@@ -68,9 +68,15 @@ def _figures(results: Results, paired) -> list[figs.Rendered]:
         suffix = "" if len(datasets) == 1 else f"_{dataset}"
         own = summary if dataset is None else summary[summary["dataset"] == dataset]
         own_paired = paired if dataset is None else paired[paired["dataset"] == dataset]
-        rendered.append(figs.bits_vs_depth(own, suffix))
-        rendered.append(figs.paired_differences(own_paired, weights, suffix))
-        rendered.append(figs.bits_vs_params(own, suffix))
+        for figure in (figs.bits_vs_depth(own, suffix),
+                       figs.paired_differences(own_paired, weights, suffix),
+                       figs.bits_vs_params(own, suffix)):
+            if suffix:
+                figure.title += f" ({dataset})"
+                if figure.figure is not None:
+                    figure.figure.axes[0].set_title(
+                        figure.figure.axes[0].get_title() + f" ({dataset})")
+            rendered.append(figure)
     rendered.append(figs.sampling_throughput(metrics))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "kl_bits_per_dim"))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "active_units"))
