@@ -1,0 +1,263 @@
+"""Run one cell of an experiment and leave its results in `cells/<cell>/` (docs/results.md).
+
+Three kinds of cell:
+
+* `train`: build the model, train it (resuming from `checkpoints/` when a previous attempt was
+  interrupted), evaluate raw and EMA weights on the test images, record the training figures;
+* `speed`: sampling throughput of an untrained model (sampling speed does not depend on the
+  weights' values: the same operations run whatever they are);
+* `codec`: per-image PNG / WebP-lossless bits/dim of the same test images (`harness.codecs`).
+
+Every cell writes `config.json`, `provenance.json`, `status.json` ("running", then "done" or
+"failed" with a one-line error; the traceback goes to `error.log`) and its tidy rows to
+`metrics.jsonl`, written whole and atomically when the cell ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import atomic
+from harness.errors import UserError
+
+STATUS = "status.json"
+ROWS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What a cell needs from its experiment (picklable: it travels to worker processes)."""
+
+    experiment: str
+    data: Any              # harness.experiment.DataSpec or None
+    sampling_speed: Any    # harness.experiment.SpeedSpec or None
+
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset if self.data is not None else "none"
+
+
+# --------------------------------------------------------------------------- status files
+
+
+def read_status(cell_dir: Path) -> dict:
+    try:
+        value = json.loads((Path(cell_dir) / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_status(cell_dir: Path, status: str, error: str | None = None,
+                 wall_s: float | None = None, **extra: Any) -> None:
+    atomic.write_json(Path(cell_dir) / STATUS, {"status": status, "error": error,
+                                                "wall_s": wall_s, **extra})
+
+
+def read_rows(cell_dir: Path) -> list[dict]:
+    path = Path(cell_dir) / ROWS
+    if not path.is_file():
+        return []
+    try:
+        return atomic.read_jsonl(path)
+    except (OSError, ValueError):
+        return []
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if not isinstance(error, UserError) else text
+
+
+# --------------------------------------------------------------------------- data
+
+
+@functools.lru_cache(maxsize=2)
+def _load_splits(name: str, data_dir: str | None, options: str):
+    from harness.data import load_dataset
+
+    return load_dataset(name, Path(data_dir) if data_dir else None, **json.loads(options))
+
+
+def load_splits(data):
+    """The dataset's splits (cached per process: cells of one experiment share them)."""
+    return _load_splits(data.dataset, data.data_dir, json.dumps(data.options, sort_keys=True))
+
+
+def _first(images, limit: int | None):
+    """The first `limit` images (all when None) as a uint8 tensor (N, C, H, W)."""
+    import torch
+
+    n = len(images) if limit is None else min(limit, len(images))
+    if isinstance(images, torch.Tensor):
+        return images[:n]
+    return images[np.arange(n)]
+
+
+def test_images(data):
+    splits = load_splits(data)
+    return _first(splits.test, data.test_images)
+
+
+# --------------------------------------------------------------------------- the three kinds
+
+
+def _check_shape(model, splits, cell) -> None:
+    model_shape = tuple(model.image_shape)
+    if model_shape != tuple(splits.image_shape):
+        raise UserError(f"cell {cell.name}: model '{cell.model}' is built for images "
+                        f"{model_shape} (C, H, W) but dataset '{splits.name}' has "
+                        f"{tuple(splits.image_shape)}; set the model's image_size / "
+                        "image_channels to match")
+
+
+def _train_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+    import torch
+
+    from harness.evaluate import evaluate
+    from harness.train import train
+    from models import registry
+
+    splits = load_splits(context.data)
+    torch.manual_seed(cell.seed)
+    model = registry.build_model(cell.family, cell.model_config)
+    _check_shape(model, splits, cell)
+    train_images = _first(splits.train, context.data.train_images)
+    val_images = None
+    if getattr(cell.train, "val_every_steps", 0):
+        val_images = _first(splits.validation, context.data.validation_images)
+    result = train(model, train_images, cell.train, cell_dir, val_images=val_images)
+    rows = evaluate({"raw": result.model, "ema": result.ema_model},
+                    _first(splits.test, context.data.test_images), cell.eval, cell_dir)
+    rows += result.metric_rows()
+    return rows, {"steps": result.steps, "stopped_because": result.stopped_because,
+                  "resumed_from_step": result.resumed_from_step}
+
+
+def _speed_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+    import torch
+
+    from harness import throughput
+    from harness.evaluate import sampler_settings
+    from models import registry
+
+    speed = context.sampling_speed
+    torch.manual_seed(cell.seed)
+    model = registry.build_model(cell.family, cell.model_config).eval()
+    channels, height, _width = model.image_shape
+    rows: list[dict] = [{"metric": "params", "value": registry.count_parameters(model)}]
+    probe = torch.randint(0, 256, (1, channels, height, _width), dtype=torch.uint8)
+    rows.append({"metric": "flops_per_image", "value": throughput.flops_per_image(model, probe)})
+    for method, kwargs in sampler_settings(model, tuple(speed.methods)):
+        if "temperature" in kwargs:
+            kwargs = dict(kwargs, temperature=speed.temperature)
+        for batch_size in speed.batch_sizes:
+            generator = torch.Generator().manual_seed(cell.seed)
+            rate = throughput.sampling_images_per_s(model, batch_size, speed.repeats,
+                                                    speed.warmup, generator=generator, **kwargs)
+            row = {"metric": "sample_images_per_s", "value": rate, "method": method,
+                   "batch_size": batch_size, "image_size": height, "repeats": speed.repeats,
+                   "weights": "untrained"}
+            if "temperature" in kwargs:
+                row["temperature"] = kwargs["temperature"]
+            rows.append(row)
+            print(f"  {cell.name}: {method} sampling, batch {batch_size}: "
+                  f"{rate:,.2f} images/s", flush=True)
+    return rows, {}
+
+
+def _codec_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+    from harness import codecs
+    from harness.evaluate import ci95, save_npy
+
+    if not codecs.codec_available(cell.model):
+        raise UserError(f"this Pillow build cannot write {cell.model.upper()}; install a Pillow "
+                        "with WebP support or drop it from 'codecs'")
+    images = test_images(context.data).numpy()  # (N, C, H, W) uint8
+    bits = codecs.per_image_bits_per_dim(images, cell.model)
+    save_npy(bits, cell_dir / "per_image_test_bits_per_dim_codec.npy")
+    base = {"split": "test", "codec": cell.model, "n_images": int(bits.size)}
+    return [{"metric": "test_bits_per_dim", "value": float(bits.mean()), **base},
+            {"metric": "test_bits_per_dim_ci95", "value": ci95(bits), **base}], {}
+
+
+KINDS = {"train": _train_cell, "speed": _speed_cell, "codec": _codec_cell}
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def _dataset_provenance(context: CellContext, cell) -> dict:
+    if context.data is None or cell.kind == "speed":
+        return {}
+    provenance = dict(load_splits(context.data).provenance)
+    provenance["used_images"] = {"train": context.data.train_images,
+                                 "validation": context.data.validation_images,
+                                 "test": context.data.test_images}
+    return provenance
+
+
+def cell_config_record(cell, context: CellContext) -> dict:
+    from harness.config_loader import to_plain
+
+    return {"experiment": context.experiment, **cell.record(), "data": to_plain(context.data),
+            "sampling_speed": to_plain(context.sampling_speed) if cell.kind == "speed" else None}
+
+
+def run_cell(cell, context: CellContext, cell_dir: Path) -> dict:
+    """Run `cell` into `cell_dir` (the caller holds its lock); returns the final status dict.
+
+    Never raises for a failure of the cell itself: the error is recorded and returned so that
+    the other cells go on. KeyboardInterrupt leaves the cell "running" (a re-run resumes it).
+    """
+    from harness.provenance import cell_provenance
+
+    cell_dir = Path(cell_dir)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    previous = read_status(cell_dir)
+    wall_before = float(previous.get("wall_s") or 0.0) if previous.get("status") != "done" else 0.0
+    atomic.write_json(cell_dir / "config.json", cell_config_record(cell, context))
+    write_status(cell_dir, "running", wall_s=wall_before)
+    try:
+        seeds = {"cell": cell.seed, "train": getattr(cell.train, "seed", None),
+                 "eval_noise": getattr(cell.eval, "noise_seed", None)}
+        atomic.write_json(cell_dir / "provenance.json",
+                          cell_provenance(seeds, _dataset_provenance(context, cell)))
+        rows, extra = KINDS[cell.kind](cell, context, cell_dir)
+    except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, not fatal
+        atomic.write_text(cell_dir / "error.log", traceback.format_exc())
+        wall_s = wall_before + time.perf_counter() - start
+        status = {"status": "failed", "error": one_line(error), "wall_s": wall_s}
+        write_status(cell_dir, **status)
+        return status
+    except KeyboardInterrupt:
+        write_status(cell_dir, "running", error="interrupted",
+                     wall_s=wall_before + time.perf_counter() - start)
+        raise
+    wall_s = wall_before + time.perf_counter() - start
+    rows = [decorate(row, cell, context) for row in rows]
+    atomic.write_text(cell_dir / ROWS, "".join(json.dumps(row, sort_keys=True, default=str) + "\n"
+                                               for row in rows))
+    status = {"status": "done", "error": None, "wall_s": wall_s, **extra}
+    write_status(cell_dir, **status)
+    return status
+
+
+def decorate(row: dict, cell, context: CellContext) -> dict:
+    """Add the keys every metrics row carries (docs/results.md), keeping the row's own."""
+    base = {"experiment": context.experiment, "cell": cell.name, "model": cell.family,
+            "dataset": context.dataset if cell.kind != "speed" else "none"}
+    if cell.kind != "codec":
+        base.update({"seed": cell.seed, "params": cell.params})
+        if cell.effective_depth is not None:
+            base["effective_depth"] = cell.effective_depth
+    return {**base, **row}

@@ -1,0 +1,303 @@
+"""The plan `harness run` prints before running: cells, parameters, FLOPs, estimated time.
+
+Times come from a quick measured probe (default): every distinct model is built once, a few
+training steps at the cell's batch size are timed after a warm-up step, plus one inference
+forward pass; with `jobs` > 1 the probe runs in `jobs` processes at once, so memory-bandwidth
+and core contention are in the figure. Alternatively (`runner.estimate: flops`) times follow from
+FLOPs at a stated sustained rate (`runner.flops_per_s`): training ≈ 3 × forward FLOPs per image.
+The total is the makespan of the cells over `jobs` workers, longest first (the order the runner
+uses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+# A cell's fixed costs that the probe does not see: process start, imports, data loading,
+# writing checkpoints, the FLOP count. Seconds.
+OVERHEAD_S = {"train": 8.0, "speed": 3.0, "codec": 2.0}
+# Encoding time per image at the best settings (measured on Fashion-MNIST, 1 core): seconds per
+# 1,000 dimensions (PNG ~0.2 ms, WebP method 6 ~9 ms per 784-pixel image).
+CODEC_S_PER_KDIM = {"png": 0.0003, "webp": 0.012}
+
+
+# Assumed speed-up of the cached PixelCNN sampler over the naive one (not probed: one cached
+# call costs as much as the rest of the probe). Measured ~… on a 2-core CPU.
+CACHED_SPEEDUP = 10.0
+
+
+@dataclass
+class Probe:
+    """Measured (or FLOP-derived) costs of one model config at one thread count."""
+
+    flops_per_image: float | None = None
+    train_step_s: float | None = None       # one optimiser step at the train batch size
+    forward_s_per_image: float | None = None  # inference forward, per image, at eval batch
+    pass_s: dict = field(default_factory=dict)  # batch -> one inference forward of that batch
+
+
+@dataclass
+class CellEstimate:
+    name: str
+    kind: str
+    params: int | None
+    flops_per_image: float | None
+    steps: int | None
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    experiment: str
+    cells: list[CellEstimate]
+    jobs: int
+    threads: int
+    total_s: float
+    basis: str
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"experiment": self.experiment, "jobs": self.jobs,
+                "threads_per_job": self.threads, "estimated_total_s": self.total_s,
+                "estimate_basis": self.basis,
+                "estimates": [dataclasses.asdict(c) for c in self.cells]}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400 * 2:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds / 86400:.1f} days"
+
+
+def train_steps(train: Any, n_train: int | None) -> int | None:
+    """Optimiser steps a TrainConfig will run (None when only a wall-clock budget bounds it)."""
+    candidates = []
+    if getattr(train, "max_steps", None) is not None:
+        candidates.append(int(train.max_steps))
+    if getattr(train, "max_epochs", None) is not None and n_train:
+        candidates.append(int(math.ceil(train.max_epochs * (n_train // train.batch_size))))
+    return min(candidates) if candidates else None
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def _probe_one(family: str, config: Any, batch: int, eval_batch: int, steps: int,
+               sample_batches: tuple[int, ...], cached: bool) -> Probe:
+    import torch
+
+    from harness import throughput
+    from models import registry
+
+    torch.manual_seed(0)
+    model = registry.build_model(family, config)
+    channels, height, width = model.image_shape
+    images = torch.randint(0, 256, (batch, channels, height, width), dtype=torch.uint8)
+    probe = Probe(flops_per_image=throughput.flops_per_image(model, images[:1]))
+    if steps > 0:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        model.train()
+        times = []
+        for index in range(steps + 1):  # the first step warms up allocators and kernels
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(images)["loss_nats_per_dim"].mean().backward()
+            optimizer.step()
+            if index:
+                times.append(time.perf_counter() - start)
+        probe.train_step_s = sorted(times)[len(times) // 2]
+    model.eval()
+    with torch.inference_mode():
+        eval_images = torch.randint(0, 256, (eval_batch, channels, height, width),
+                                    dtype=torch.uint8)
+        model.loss(eval_images[:2])
+        start = time.perf_counter()
+        model.loss(eval_images)
+        probe.forward_s_per_image = (time.perf_counter() - start) / eval_batch
+        for b in sample_batches:
+            start = time.perf_counter()
+            model.loss(eval_images[:1].expand(b, -1, -1, -1).contiguous())
+            probe.pass_s[b] = time.perf_counter() - start
+    return probe
+
+
+def _probe_all(tasks: list[tuple], threads: int) -> list[Probe]:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return [_probe_one(*task) for task in tasks]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _is_autoregressive(family: str) -> bool:
+    import inspect
+
+    from models import registry
+
+    _, model_cls = registry.family(family)
+    return "method" in inspect.signature(model_cls.sample).parameters
+
+
+def probe_models(cells, probe_steps: int, jobs: int, threads: int) -> dict[str, Probe]:
+    """Probe each distinct model config once (in `jobs` simultaneous processes when jobs > 1)."""
+    tasks: dict[str, tuple] = {}
+    for cell in cells:
+        if cell.kind not in ("train", "speed"):
+            continue
+        key = repr((cell.family, cell.model_config))
+        if key in tasks:
+            continue
+        batch = cell.train.batch_size if cell.kind == "train" else 1
+        sample_batches = (cell.eval.sample_batch_size, cell.eval.n_grid_samples or 1)
+        if cell.kind == "speed":
+            sample_batches = ()
+        tasks[key] = (cell.family, cell.model_config, batch, min(64, cell.eval.batch_size),
+                      probe_steps if cell.kind == "train" else 0,
+                      tuple(b for b in sample_batches if b), _is_autoregressive(cell.family))
+    if not tasks:
+        return {}
+    keys, task_list = list(tasks), list(tasks.values())
+    if jobs <= 1:
+        results = _probe_all(task_list, threads)
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = [pool.submit(_probe_all, task_list, threads) for _ in range(jobs)]
+            runs = [f.result() for f in futures]
+        results = []
+        for index in range(len(task_list)):
+            samples = [run[index] for run in runs]
+            merged = samples[0]
+            for name in ("train_step_s", "forward_s_per_image"):
+                values = [getattr(s, name) for s in samples if getattr(s, name) is not None]
+                setattr(merged, name, sum(values) / len(values) if values else None)
+            for name in ("pass_s",):
+                setattr(merged, name, {b: sum(getattr(s, name)[b] for s in samples) / len(samples)
+                                       for b in getattr(merged, name)})
+            results.append(merged)
+    return dict(zip(keys, results))
+
+
+# --------------------------------------------------------------------------- estimating
+
+
+def estimate_cell(cell, probe: Probe | None, experiment, n_train: int | None,
+                  n_test: int | None, image_dims: int | None, flops_per_s: float | None,
+                  autoregressive: bool) -> CellEstimate:
+    if cell.kind == "codec":
+        dims = (n_test or 10_000) * (image_dims or 784)
+        seconds = OVERHEAD_S["codec"] + CODEC_S_PER_KDIM[cell.model] * dims / 1000
+        return CellEstimate(cell.name, "codec", None, None, None, seconds,
+                            f"{n_test or '?'} images")
+    flops = probe.flops_per_image if probe else None
+    forward_s = probe.forward_s_per_image if probe else None
+    if flops_per_s and flops:
+        forward_s = flops / flops_per_s
+    step_s = probe.train_step_s if probe else None
+    if flops_per_s and flops and cell.kind == "train":
+        step_s = 3 * flops * cell.train.batch_size / flops_per_s
+    if forward_s is None:
+        forward_s = (step_s / cell.train.batch_size / 3) if step_s else 0.0
+    dims = image_dims or 0
+    pass_s = (lambda b: probe.pass_s.get(b, b * forward_s)) if probe else (lambda b: b * forward_s)
+
+    def sample_call_s(method: str, b: int) -> float:
+        if not autoregressive:
+            return b * forward_s
+        if method == "naive":
+            return dims * pass_s(b)
+        return dims * pass_s(b) / CACHED_SPEEDUP
+
+    seconds = OVERHEAD_S[cell.kind]
+    steps = None
+    if cell.kind == "train":
+        steps = train_steps(cell.train, n_train)
+        evaluation = cell.eval
+        train_s = (steps or 0) * (step_s or 0.0)
+        if getattr(cell.train, "max_wall_s", None):
+            train_s = min(train_s, cell.train.max_wall_s)
+        eval_s = 0.0
+        for _ in evaluation.weights:
+            passes = 2 if not autoregressive else 1  # VAEs: likelihood + active-unit pass
+            eval_s += passes * (n_test or 0) * forward_s
+            if evaluation.iw_k and not autoregressive:
+                n_iw = n_test if evaluation.iw_max_images is None else min(
+                    n_test or 0, evaluation.iw_max_images)
+                eval_s += (n_iw or 0) * evaluation.iw_k * forward_s
+        methods = evaluation.sample_methods if autoregressive else ("ancestral",)
+        for method in methods:
+            eval_s += (evaluation.sample_repeats + evaluation.sample_warmup) * \
+                sample_call_s(method, evaluation.sample_batch_size)
+        if evaluation.n_grid_samples:
+            fastest = "cached" if autoregressive and "cached" in methods else methods[0]
+            eval_s += sample_call_s(fastest, evaluation.n_grid_samples)
+        seconds += train_s + eval_s
+        detail = (f"train {fmt_duration(train_s)} ({1 / step_s * cell.train.batch_size:,.0f} "
+                  f"images/s) + eval {fmt_duration(eval_s)}" if step_s else "")
+    else:
+        speed = experiment.sampling_speed
+        methods = tuple(speed.methods) if autoregressive else ("ancestral",)
+        sampling = sum((speed.repeats + speed.warmup) * sample_call_s(m, b)
+                       for m in methods for b in speed.batch_sizes)
+        seconds += sampling
+        detail = f"{len(methods) * len(speed.batch_sizes)} timings"
+    return CellEstimate(cell.name, cell.kind, cell.params, flops, steps, seconds, detail)
+
+
+def makespan(durations: list[float], jobs: int) -> float:
+    """Wall time of running jobs longest-first on `jobs` workers (greedy list scheduling)."""
+    workers = [0.0] * max(1, jobs)
+    for duration in sorted(durations, reverse=True):
+        workers[workers.index(min(workers))] += duration
+    return max(workers)
+
+
+def make_plan(experiment, cells, jobs: int, threads: int, n_train: int | None,
+              n_test: int | None, image_dims: int | None) -> Plan:
+    runner = experiment.runner
+    flops_per_s = runner.flops_per_s if runner.estimate == "flops" else None
+    probe_steps = runner.probe_steps if runner.estimate == "probe" else 0
+    start = time.perf_counter()
+    probes = probe_models(cells, probe_steps, jobs, threads)
+    estimates = []
+    for cell in cells:
+        probe = probes.get(repr((cell.family, cell.model_config)))
+        autoregressive = cell.kind != "codec" and _is_autoregressive(cell.family)
+        dims = image_dims
+        if cell.kind == "speed":
+            c, h, w = _shape_of(cell)
+            dims = c * h * w
+        estimates.append(estimate_cell(cell, probe, experiment, n_train, n_test, dims,
+                                       flops_per_s, autoregressive))
+    if runner.estimate == "flops":
+        basis = f"FLOPs at a stated {runner.flops_per_s:.3g} FLOP/s"
+    else:
+        basis = (f"a {time.perf_counter() - start:.0f} s probe: {probe_steps} timed steps per "
+                 f"model, {jobs} process(es) × {threads} thread(s)")
+    total = makespan([e.seconds for e in estimates], jobs)
+    return Plan(experiment.name, estimates, jobs, threads, total, basis)
+
+
+def _shape_of(cell) -> tuple[int, int, int]:
+    config = cell.model_config
+    channels = getattr(config, "image_channels", 3)
+    size = getattr(config, "image_size", 32)
+    return channels, size, size

@@ -1,0 +1,491 @@
+"""`harness run FILE`: expand an experiment into cells, print the plan, run the cells, write the
+results folder of docs/results.md and build the report.
+
+* Completed cells are skipped; interrupted ones resume (the trainer restarts from the newest
+  checkpoint in the cell's folder); failed ones are retried. A failing cell is recorded
+  (status.json, summary row) and the others go on; the exit status is 1 if any cell failed.
+* `jobs` > 1 runs cells in that many spawned processes, each with `cores // jobs` torch threads
+  (or `runner.threads_per_job`), longest cells first.
+* Two runners on one results folder never run a cell twice: the process that runs a cell holds
+  its lock (`harness.locks`); the shared files (`metrics.jsonl`, `summary.csv`) are rebuilt from
+  the cells' own files, atomically, under an flock.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import atomic, locks
+from harness.cells import CellContext, read_rows, read_status, run_cell
+from harness.errors import UserError
+from harness.plan import fmt_duration, make_plan
+from harness.provenance import available_cores
+
+SUMMARY_COLUMNS = (
+    "cell", "model", "dataset", "effective_depth", "seed", "params", "test_bits_per_dim",
+    "test_bits_per_dim_ci95", "weights", "test_bits_per_dim_ema", "iw_bits_per_dim", "iw_k",
+    "train_images_per_s", "sample_images_per_s", "sample_images_per_s_cached",
+    "flops_per_image", "steps", "wall_s", "status", "error",
+)
+# Config keys that may change between a run and its resumption without changing its results.
+_IGNORED_CONFIG_KEYS = {("train", "progress"), ("train", "num_threads"),
+                        ("train", "log_every_steps")}
+EXIT_LOCKED = 3  # a worker found its cell claimed by another runner
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def cell_dir(root: Path, name: str) -> Path:
+    """`root/cells/<name>`, refusing any name that would leave the results folder."""
+    base = (root / "cells").resolve()
+    path = (base / name).resolve()
+    if path.parent != base or name in ("", ".", ".."):
+        raise UserError(f"cell name {name!r} would write outside {root}/cells; rename it")
+    return root / "cells" / name
+
+
+def default_results_dir(experiment) -> Path:
+    return Path("results") / experiment.name
+
+
+def _config_difference(old: Any, new: Any, path: tuple = ()) -> str | None:
+    if path[-2:] in _IGNORED_CONFIG_KEYS or path[-1:] == ("experiment",):
+        return None
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _config_difference(old.get(key), new.get(key), path + (key,))
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{'.'.join(map(str, path))}: {old!r} → {new!r}"
+    return None
+
+
+def check_resumable(root: Path, cells, context: CellContext) -> None:
+    """Refuse to resume or skip a cell whose folder holds a run of a different config."""
+    from harness.cells import cell_config_record
+
+    for cell in cells:
+        path = cell_dir(root, cell.name) / "config.json"
+        if not path.is_file():
+            continue
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: the cell is re-run and the file rewritten
+        new = json.loads(json.dumps(cell_config_record(cell, context), default=str))
+        difference = _config_difference(old, new)
+        if difference:
+            raise UserError(f"{path.parent} holds a run with a different config ({difference}); "
+                            f"pass --results DIR for a new run, or delete that folder to redo "
+                            f"the cell")
+
+
+# --------------------------------------------------------------------------- shared files
+
+
+def _pick(rows: list[dict], metric: str, **context: Any) -> dict | None:
+    chosen = [r for r in rows if r.get("metric") == metric
+              and all(r.get(k) == v for k, v in context.items())]
+    return chosen[-1] if chosen else None
+
+
+def summary_row(cell, rows: list[dict], status: dict, summary_weights: str) -> dict:
+    """One summary.csv row (docs/results.md) from a cell's tidy rows and status."""
+    value = lambda row: None if row is None else row.get("value")  # noqa: E731
+    row: dict[str, Any] = {"cell": cell.name, "model": cell.family,
+                           "dataset": rows[0].get("dataset") if rows else None,
+                           "effective_depth": cell.effective_depth,
+                           "seed": cell.seed if cell.kind != "codec" else None,
+                           "params": cell.params,
+                           "status": status.get("status", "pending"),
+                           "error": status.get("error"), "wall_s": status.get("wall_s")}
+    if cell.kind == "codec":
+        row["test_bits_per_dim"] = value(_pick(rows, "test_bits_per_dim"))
+        row["test_bits_per_dim_ci95"] = value(_pick(rows, "test_bits_per_dim_ci95"))
+    else:
+        available = {r.get("weights") for r in rows if r.get("metric") == "test_bits_per_dim"}
+        weights = summary_weights if summary_weights in available else (
+            sorted(available)[0] if available else None)
+        if weights is not None:
+            row["weights"] = weights
+            row["test_bits_per_dim"] = value(_pick(rows, "test_bits_per_dim", weights=weights))
+            row["test_bits_per_dim_ci95"] = value(_pick(rows, "test_bits_per_dim_ci95",
+                                                        weights=weights))
+            row["test_bits_per_dim_ema"] = value(_pick(rows, "test_bits_per_dim", weights="ema"))
+            iw = [r for r in rows if r.get("metric") == "iw_bits_per_dim"
+                  and r.get("weights") == weights]
+            if iw:
+                best = max(iw, key=lambda r: r.get("k") or 0)
+                row["iw_bits_per_dim"], row["iw_k"] = best["value"], best.get("k")
+        row["train_images_per_s"] = value(_pick(rows, "train_images_per_s"))
+        row["flops_per_image"] = value(_pick(rows, "flops_per_image"))
+        row["steps"] = value(_pick(rows, "steps"))
+        if cell.kind == "train" and row["params"] is None:
+            row["params"] = value(_pick(rows, "params"))
+        for methods, column in ((("ancestral", "naive"), "sample_images_per_s"),
+                                (("cached",), "sample_images_per_s_cached")):
+            sampled = [r for r in rows if r.get("metric") == "sample_images_per_s"
+                       and r.get("method") in methods]
+            if sampled:  # the largest batch measured: the throughput a user would get
+                row[column] = max(sampled, key=lambda r: r.get("batch_size") or 0)["value"]
+    return row
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in SUMMARY_COLUMNS})
+    return buffer.getvalue()
+
+
+def rebuild_shared_files(root: Path, cells, summary_weights: str) -> list[dict]:
+    """Rewrite metrics.jsonl and summary.csv from the cells' own files (atomic, under flock)."""
+    with locks.guard(root):
+        all_rows: list[dict] = []
+        summary: list[dict] = []
+        for cell in cells:
+            directory = cell_dir(root, cell.name)
+            status = read_status(directory)
+            rows = read_rows(directory) if status.get("status") == "done" else []
+            all_rows += rows
+            summary.append(summary_row(cell, rows, status, summary_weights))
+        atomic.write_text(root / "metrics.jsonl",
+                          "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
+                                  for r in all_rows))
+        atomic.write_text(root / "summary.csv", _csv_text(summary))
+    return summary
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the runner dies, so no orphan holds a stale cell."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_locked(cell, context: CellContext, root: Path) -> dict | None:
+    """Claim the cell's lock, run it, release; None when another runner holds it."""
+    lock = locks.CellLock(cell_dir(root, cell.name), root)
+    if not lock.acquire():
+        return None
+    try:
+        if lock.reclaimed_from:
+            _say(f"  {cell.name}: reclaimed the lock of a dead runner "
+                 f"(pid {lock.reclaimed_from.get('pid')}); resuming")
+        return run_cell(cell, context, cell_dir(root, cell.name))
+    finally:
+        lock.release()
+
+
+def _worker(cell, context: CellContext, root: str, threads: int) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM → KeyboardInterrupt
+    import torch
+
+    torch.set_num_threads(threads)
+    status = _run_locked(cell, context, Path(root))
+    if status is None:
+        sys.exit(EXIT_LOCKED)
+    sys.exit(0 if status["status"] == "done" else 1)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Progress:
+    def __init__(self, plan, total_cells: int, jobs: int):
+        self.estimates = {e.name: e.seconds for e in plan.cells}
+        self.total = total_cells
+        self.jobs = jobs
+        self.started = time.perf_counter()
+        self.done_estimate = 0.0
+        self.done_actual = 0.0
+        self.count = 0
+
+    def eta(self, remaining: list[str], running: dict[str, float]) -> str:
+        ratio = self.done_actual / self.done_estimate if self.done_estimate > 0 else 1.0
+        left = sum(self.estimates.get(n, 0) for n in remaining)
+        now = time.perf_counter()
+        left += sum(max(0.0, self.estimates.get(n, 0) - (now - t)) for n, t in running.items())
+        return fmt_duration(ratio * left / self.jobs)
+
+    def finished(self, name: str, status: dict, seconds: float) -> str:
+        self.count += 1
+        self.done_estimate += self.estimates.get(name, 0.0)
+        self.done_actual += seconds
+        return f"[{self.count}/{self.total}] {name}: {status.get('status')}"
+
+
+def _result_line(root: Path, name: str) -> str:
+    rows = read_rows(cell_dir(root, name))
+    best = _pick(rows, "test_bits_per_dim", weights="raw") or _pick(rows, "test_bits_per_dim")
+    if best is None:
+        return ""
+    weights = f" ({best['weights']})" if best.get("weights") else ""
+    return f", test {best['value']:.3f} bits/dim{weights}"
+
+
+def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
+               summary_cells, summary_weights: str) -> tuple[list[str], list[str]]:
+    """Run `pending` cells; return (failed names, names left to other runners)."""
+    import multiprocessing
+
+    progress = _Progress(plan, len(pending), jobs)
+    failed: list[str] = []
+    elsewhere: list[str] = []
+    queue = list(pending)
+    running: dict[str, tuple[Any, float]] = {}
+
+    def finish(cell, status: dict | None, seconds: float) -> None:
+        if status is None:
+            elsewhere.append(cell.name)
+            _say(f"  {cell.name}: running in another runner; skipped here")
+            return
+        if status.get("status") != "done":
+            failed.append(cell.name)
+        line = progress.finished(cell.name, status, seconds)
+        detail = (f": {status.get('error')}" if status.get("status") == "failed"
+                  else _result_line(root, cell.name))
+        names_left = [c.name for c in queue]
+        eta = progress.eta(names_left, {n: t for n, (_, t) in running.items()})
+        _say(f"{line} in {fmt_duration(seconds)}{detail}" + (f"; ETA {eta}" if names_left
+                                                               or running else ""))
+        rebuild_shared_files(root, summary_cells, summary_weights)
+
+    def held_elsewhere(cell) -> bool:
+        holder = locks.read_lock(cell_dir(root, cell.name) / locks.LOCK_NAME)
+        return holder is not None and not locks.is_stale(holder, cell_dir(root, cell.name))
+
+    if jobs == 1:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            while queue:
+                cell = queue.pop(0)
+                _say(f"→ {cell.name} ({cell.kind}, est {fmt_duration(progress.estimates.get(cell.name))})")
+                start = time.perf_counter()
+                status = _run_locked(cell, context, root)
+                finish(cell, status, time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(previous)
+        return failed, elsewhere
+
+    spawn = multiprocessing.get_context("spawn")
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                cell = queue.pop(0)
+                if held_elsewhere(cell):
+                    finish(cell, None, 0.0)
+                    continue
+                process = spawn.Process(target=_worker, name=f"harness-{cell.name}",
+                                        args=(cell, context, str(root), threads))
+                process.start()
+                running[cell.name] = (process, time.perf_counter())
+                _say(f"→ {cell.name} ({cell.kind}, est "
+                     f"{fmt_duration(progress.estimates.get(cell.name))}, pid {process.pid})")
+            time.sleep(0.2)
+            for name, (process, started) in list(running.items()):
+                if process.is_alive():
+                    continue
+                process.join()
+                del running[name]
+                cell = next(c for c in pending if c.name == name)
+                status = read_status(cell_dir(root, name))
+                if process.exitcode == EXIT_LOCKED:
+                    status = None
+                elif process.exitcode != 0 and status.get("status") not in ("done", "failed"):
+                    status = {"status": "failed", "wall_s": status.get("wall_s"),
+                              "error": f"worker process died (exit code {process.exitcode}); "
+                                       f"see {cell_dir(root, name)}"}
+                    atomic.write_json(cell_dir(root, name) / "status.json", status)
+                finish(cell, status, time.perf_counter() - started)
+    except KeyboardInterrupt:
+        for process, _ in running.values():
+            if process.is_alive():
+                process.terminate()
+        for process, _ in running.values():
+            process.join(timeout=30)
+        rebuild_shared_files(root, summary_cells, summary_weights)
+        raise
+    return failed, elsewhere
+
+
+def print_plan(experiment, plan, cells, root: Path | None, statuses: dict[str, str]) -> None:
+    by_name = {e.name: e for e in plan.cells}
+    counts: dict[str, int] = {}
+    for cell in cells:
+        counts[cell.family] = counts.get(cell.family, 0) + 1
+    kinds = ", ".join(f"{n} {family}" for family, n in counts.items())
+    data = experiment.data.dataset if experiment.data else "no dataset"
+    _say(f"{experiment.name}: {len(cells)} cells ({kinds}) on {data}; "
+         f"{plan.jobs} job(s) × {plan.threads} torch thread(s)")
+    width = max(len(c.name) for c in cells)
+    _say(f"  {'cell':<{width}}  {'kind':<5}  {'params':>11}  {'MFLOPs/img':>10}  "
+         f"{'steps':>7}  {'est.':>7}  status")
+    for cell in cells:
+        estimate = by_name[cell.name]
+        flops = f"{estimate.flops_per_image / 1e6:,.1f}" if estimate.flops_per_image else ""
+        params = f"{cell.params:,}" if cell.params else ""
+        steps = f"{estimate.steps:,}" if estimate.steps else ""
+        _say(f"  {cell.name:<{width}}  {cell.kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
+             f"{fmt_duration(estimate.seconds):>7}  {statuses.get(cell.name, 'pending')}")
+        if cell.match:
+            _say(f"  {'':<{width}}  matched: {cell.match['field']}={cell.match['value']} for "
+                 f"{cell.match['target_params']:,} parameters")
+    pending = [by_name[c.name].seconds for c in cells if statuses.get(c.name) != "done"]
+    from harness.plan import makespan
+
+    left = makespan(pending, plan.jobs)
+    _say(f"estimated total: {fmt_duration(plan.total_s)} for all cells"
+         + (f", {fmt_duration(left)} for the {len(pending)} not yet done" if len(pending)
+            != len(cells) else "") + f" (from {plan.basis})")
+    budget = experiment.runner.time_budget_min
+    if budget is not None and plan.total_s > budget * 60:
+        _say(f"warning: the estimate is over this experiment's stated budget of {budget:g} min "
+             "(runner.time_budget_min); lower train.max_steps or raise jobs")
+    if root is not None:
+        _say(f"results: {root}/")
+
+
+def _jobs_and_threads(experiment, jobs: int | None) -> tuple[int, int]:
+    # The CLI's --jobs defaults to 1, so 1 (or None) means "as the experiment file says";
+    # `--set runner.jobs=1` forces a single job.
+    chosen = experiment.runner.jobs if jobs in (None, 1) else int(jobs)
+    if chosen < 1:
+        raise UserError(f"--jobs must be >= 1, got {chosen}")
+    threads = experiment.runner.threads_per_job or max(1, available_cores() // chosen)
+    return chosen, threads
+
+
+def _data_sizes(experiment) -> tuple[int | None, int | None, int | None]:
+    """(train images, test images, dims per image) the cells will use, or Nones."""
+    data = experiment.data
+    if data is None:
+        return None, None, None
+    from harness.cells import load_splits
+
+    try:
+        splits = load_splits(data)
+    except UserError as error:
+        raise UserError(f"{experiment.path}: data: {error}") from None
+    n_train = len(splits.train) if data.train_images is None else min(len(splits.train),
+                                                                      data.train_images)
+    n_test = len(splits.test) if data.test_images is None else min(len(splits.test),
+                                                                   data.test_images)
+    c, h, w = splits.image_shape
+    return n_train, n_test, c * h * w
+
+
+def _build_report(root: Path, explicit_results: bool) -> int:
+    try:
+        from harness.report import build_report
+    except ImportError:
+        _say("report: skipped (the harness.report package is not installed yet)")
+        return 0
+    try:
+        build_report(root, out_dir=root if explicit_results else None)  # prints where it went
+    except UserError as error:
+        print(f"harness: report failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_experiment(path: Path, results_dir: Path | None = None,
+                   overrides: list[str] | tuple[str, ...] = (), dry_run: bool = False,
+                   jobs: int | None = None) -> int:
+    """Run (or with `dry_run` only plan) an experiment file; returns the exit status."""
+    from harness.experiment import load_experiment
+
+    experiment = load_experiment(Path(path), overrides=list(overrides or ()))
+    cells = list(experiment.cells)
+    jobs, threads = _jobs_and_threads(experiment, jobs)
+    root = Path(results_dir) if results_dir is not None else default_results_dir(experiment)
+    context = CellContext(experiment=experiment.name, data=experiment.data,
+                          sampling_speed=experiment.sampling_speed)
+    for cell in cells:
+        cell_dir(root, cell.name)  # every name stays inside the results folder
+    statuses = {c.name: read_status(cell_dir(root, c.name)).get("status", "pending")
+                for c in cells}
+    try:
+        n_train, n_test, dims = _data_sizes(experiment)
+    except UserError as error:
+        if not dry_run:
+            raise
+        _say(f"note: {error}; the plan assumes nothing about the data's size")
+        n_train = n_test = dims = None
+    plan = make_plan(experiment, cells, jobs, threads, n_train, n_test, dims)
+    print_plan(experiment, plan, cells, None if dry_run else root, statuses)
+    if dry_run:
+        return 0
+    check_resumable(root, cells, context)
+
+    root.mkdir(parents=True, exist_ok=True)
+    with locks.guard(root):
+        atomic.write_text(root / "experiment.yaml", _yaml_text(experiment))
+        atomic.write_json(root / "plan.json", {
+            **plan.record(), "name": experiment.name, "source": str(experiment.path),
+            "overrides": list(experiment.overrides), "smoke": experiment.smoke,
+            "cells": [c.record() for c in cells]})
+    estimates = {e.name: e.seconds for e in plan.cells}
+    pending = [c for c in cells if statuses[c.name] != "done"]
+    pending.sort(key=lambda c: -estimates.get(c.name, 0.0))  # longest first: shortest makespan
+    skipped = len(cells) - len(pending)
+    if skipped:
+        _say(f"{skipped} cell(s) already done; skipped")
+    start = time.perf_counter()
+    summary_weights = experiment.runner.summary_weights
+    failed, elsewhere = _run_cells(pending, context, root, jobs, threads, plan, cells,
+                                   summary_weights)
+    rebuild_shared_files(root, cells, summary_weights)
+    _say(f"{experiment.name}: {len(pending) - len(failed) - len(elsewhere)} cell(s) run in "
+         f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped, {len(failed)} failed"
+         + (f", {len(elsewhere)} left to another runner" if elsewhere else "")
+         + f"; {root}/summary.csv")
+    for name in failed:
+        _say(f"  failed: {name}: {read_status(cell_dir(root, name)).get('error')}")
+    exit_status = 1 if failed else 0
+    if experiment.runner.report:
+        exit_status = max(exit_status, _build_report(root, results_dir is not None))
+    return exit_status
+
+
+def _yaml_text(experiment) -> str:
+    import yaml
+
+    header = (f"# {experiment.path} as loaded"
+              + (f", with --set {' --set '.join(experiment.overrides)}"
+                 if experiment.overrides else "")
+              + (" (smoke)" if experiment.smoke else "") + "\n")
+    return header + yaml.safe_dump(experiment.record(), sort_keys=False)
+
+
+__all__ = ["run_experiment", "rebuild_shared_files", "summary_row", "cell_dir",
+           "SUMMARY_COLUMNS"]
