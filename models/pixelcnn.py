@@ -15,7 +15,7 @@ the blind spot of stacked masked convolutions (Section 2.2):
   of its own pixel;
 * gated unit tanh(W_f * x) ⊙ σ(W_g * x), both halves from one convolution producing 2p maps
   (Section 2.1); residual connections in the horizontal stack only; skip connections summed into
-  the output head (two 1×1 convs with ReLUs, as in PixelRNN Section 3.5).
+  the output head (ReLU, 1×1 conv, ReLU, 1×1 conv, as in the PixelRNN paper's output stage).
 
 Outputs: `"softmax"`, the paper's 256-way softmax per sub-pixel, logits (N, C, 256, H, W); or
 `"dmol"`, PixelCNN++'s discretized mixture of logistics (Salimans et al. 2017, Section 2.1) with
@@ -23,6 +23,7 @@ the VDVAE parameter layout (N, M·(1+3C), H, W). With DMOL the whole pixel is pr
 from earlier pixels (the mixture's linear coefficients carry R → G → B), so the network uses a
 single feature-map group and mask A hides every channel of the current pixel.
 
+The DMOL likelihood and its sampler are `models.likelihoods.dmol_nats_per_dim` / `dmol_sample`.
 Sampling (naive and cached, Ramachandran et al. 2017) lives in `models.pixelcnn_sampling`.
 """
 
@@ -146,7 +147,8 @@ def parameter_count(config: GatedPixelCNNConfig) -> int:
 def channels_for_param_budget(target_params: int, **config_fields: Any) -> int:
     """Feature maps p whose parameter count is closest to `target_params` (e.g. a VDVAE's
     402,735), the other fields fixed. p steps by 3 where RGB masking needs it."""
-    config_fields.pop("channels", None)
+    if "channels" in config_fields:
+        raise ValueError("channels_for_param_budget chooses `channels`; leave it out of the fields")
     probe = GatedPixelCNNConfig(channels=3, **config_fields)
     step = probe.masking_groups
     if probe.head_channels is not None and probe.head_channels % step:

@@ -1,5 +1,5 @@
 """Sampling a Gated PixelCNN: naive, and cached (Ramachandran et al. 2017, "Fast Generation for
-Convolutional Autoregressive Models", Section 3).
+Convolutional Autoregressive Models").
 
 Both samplers visit positions in the same order and turn a distribution into values through the
 same `_Draw` (softmax: inverse CDF with one uniform per sub-pixel, all pre-drawn from the

@@ -227,6 +227,11 @@ def test_channels_for_param_budget_lands_close(target, fields):
         assert abs(count - target) <= abs(other_count - target)
 
 
+def test_channels_for_param_budget_refuses_a_fixed_width():
+    with pytest.raises(ValueError, match="chooses `channels`"):
+        channels_for_param_budget(1000, image_size=8, image_channels=1, channels=4)
+
+
 @pytest.mark.parametrize("fields,field", [
     (dict(image_channels=3, channels=64), "channels"),
     (dict(image_channels=3, channels=63, head_channels=100), "head_channels"),

@@ -1,0 +1,74 @@
+"""Gated PixelCNN sampling throughput on CPU, naive vs cached (Ramachandran et al. 2017), batch 16,
+for the small CPU presets at 28×28×1 (`cpu_mnist`) and 32×32×3 (`cpu_cifar`).
+
+Run:   bash scripts/bench.sh -k pixelcnn
+  or   python -m pytest benchmarks/test_bench_pixelcnn.py --benchmark-enable --benchmark-only
+Expect (2-core CPU, one torch thread): the cached sampler ≥ 10× faster than naive at 32×32×3
+(asserted); naive costs H·W·C full network passes, about half a minute at 32×32×3.
+
+`images_per_s`, the seconds per batch and, for the cached runs, `speedup_vs_naive` (naive measured
+earlier in the same pytest run, so under the same machine load) go into `benchmark.extra_info`.
+Under the suite's `--benchmark-disable` each case executes once, untimed; naive at 32×32×3 then
+still takes ~30 s, so that case is marked slow.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.pixelcnn import PRESETS, GatedPixelCNN, GatedPixelCNNConfig
+
+BATCH = 16
+MIN_SPEEDUP_32x32x3 = 10.0
+ROUNDS = {"naive": 1, "cached": 3}  # naive is slow and, being long, already averages the noise
+_IMAGES_PER_S: dict[tuple[str, str], float] = {}  # (preset, method) → images/s, this run
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Time both samplers on one thread, as the test suite runs, whatever ran before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# naive before cached for each preset: the speed-up is computed when the cached case runs.
+CASES = [
+    pytest.param("cpu_mnist", "naive", id="28x28x1-naive"),
+    pytest.param("cpu_mnist", "cached", id="28x28x1-cached"),
+    pytest.param("cpu_cifar", "naive", id="32x32x3-naive", marks=pytest.mark.slow),
+    pytest.param("cpu_cifar", "cached", id="32x32x3-cached"),
+]
+
+
+@pytest.mark.parametrize("preset,method", CASES)
+def test_bench_pixelcnn_sampling(benchmark, one_torch_thread, preset, method):
+    model = GatedPixelCNN(GatedPixelCNNConfig(**PRESETS[preset])).eval()
+    channels, height, width = model.image_shape
+    generator = torch.Generator()
+
+    def sample_batch() -> torch.Tensor:
+        generator.manual_seed(0)
+        return model.sample(BATCH, method=method, generator=generator)
+
+    benchmark.group = f"pixelcnn-sampling-{preset}"
+    images = benchmark.pedantic(sample_batch, rounds=ROUNDS[method], iterations=1)
+    assert images.shape == (BATCH, channels, height, width) and images.dtype == torch.uint8
+
+    if benchmark.disabled:  # one untimed execution in the test suite
+        return
+    seconds = benchmark.stats.stats.mean
+    images_per_s = BATCH / seconds
+    _IMAGES_PER_S[(preset, method)] = images_per_s
+    benchmark.extra_info.update(
+        preset=preset, method=method, batch=BATCH, image_shape=f"{height}x{width}x{channels}",
+        torch_threads=torch.get_num_threads(), wall_s_per_batch=seconds,
+        images_per_s=images_per_s)
+    if method == "cached" and (preset, "naive") in _IMAGES_PER_S:
+        speedup = images_per_s / _IMAGES_PER_S[(preset, "naive")]
+        benchmark.extra_info["speedup_vs_naive"] = speedup
+        if preset == "cpu_cifar":
+            assert speedup >= MIN_SPEEDUP_32x32x3, (
+                f"cached sampler only {speedup:.1f}x faster than naive at 32x32x3")
