@@ -249,9 +249,11 @@ def test_unreadable_per_image_file_is_noted_not_fatal(tmp_path):
         b"not a numpy file")
     np.save(results / "cells" / "vdvae_g1_s1" / "per_image_test_bits_per_dim_raw.npy",
             np.zeros(3))
+    (results / "cells" / ".ipynb_checkpoints").mkdir()  # not a cell: ignored, not an error
     from harness.report.stats import paired_differences
 
     loaded = load_results(results)
+    assert ".ipynb_checkpoints" not in loaded.cells
     paired = paired_differences(loaded)
     assert "vdvae_g4_s0" not in set(paired["cell"])
     assert "vdvae_g1_s1" not in set(paired["cell"])

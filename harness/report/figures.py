@@ -28,6 +28,7 @@ STYLE = {
     "savefig.dpi": 110, "image.cmap": "viridis",
 }
 SEED_MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+CODEC_STYLES = (":", "-.", (0, (5, 2, 1, 2, 1, 2)), (0, (1, 4)))  # one dash pattern per codec
 
 
 @dataclass
@@ -82,10 +83,11 @@ def _reference_lines(ax, summary: pd.DataFrame, plotted: list[float]) -> list[st
         plotted = plotted + [row["test_bits_per_dim"]]
     low, high = min(plotted), max(plotted)
     span = max(high - low, 0.1)
-    for _, row in _done(summary, "codec").iterrows():
+    for index, (_, row) in enumerate(_done(summary, "codec").iterrows()):
         value = row["test_bits_per_dim"]
         if low - 2 * span <= value <= high + 2 * span:
-            ax.axhline(value, color="0.5", linestyle=":", linewidth=1,
+            ax.axhline(value, color="0.5", linestyle=CODEC_STYLES[index % len(CODEC_STYLES)],
+                       linewidth=1,
                        label=f"codec {row['cell']} ({fmt_fixed(value)})")
         else:
             notes.append(f"codec {row['cell']} at {fmt_fixed(value)} bits/dim is off scale")
@@ -197,9 +199,10 @@ def bits_vs_params(summary: pd.DataFrame, suffix: str = "") -> Rendered:
     notes = []
     plotted = list(models["test_bits_per_dim"])
     span = max(max(plotted) - min(plotted), 0.1)
-    for _, row in codecs.iterrows():
+    for index, (_, row) in enumerate(codecs.iterrows()):
         if min(plotted) - 2 * span <= row["test_bits_per_dim"] <= max(plotted) + 2 * span:
-            ax.axhline(row["test_bits_per_dim"], color="0.5", linestyle=":", linewidth=1,
+            ax.axhline(row["test_bits_per_dim"], color="0.5", linewidth=1,
+                       linestyle=CODEC_STYLES[index % len(CODEC_STYLES)],
                        label=f"codec {row['cell']} (no parameters)")
         else:
             notes.append(f"codec {row['cell']} off scale")

@@ -267,9 +267,15 @@ def load_results(root: Path) -> Results:
     summary_path, metrics_path = root / "summary.csv", root / "metrics.jsonl"
     metrics = (read_metrics(metrics_path) if metrics_path.is_file()
                else _typed(pd.DataFrame(), METRIC_COLUMNS, _METRIC_TEXT))
-    cell_dirs = sorted(p.name for p in (root / "cells").glob("*") if p.is_dir()) \
+    # Folders that are not cells (hidden or odd names) are ignored; names from rows are checked.
+    cell_dirs = sorted(p.name for p in (root / "cells").glob("*")
+                       if p.is_dir() and is_safe_name(p.name)) \
         if (root / "cells").is_dir() else []
     summary = read_summary(summary_path) if summary_path.is_file() else None
+    if summary is not None and summary["cell"].isna().any():
+        notes.append(f"summary.csv: {int(summary['cell'].isna().sum())} row(s) without a cell "
+                     "name ignored")
+        summary = summary[summary["cell"].notna()]
 
     names = list(summary["cell"].dropna()) if summary is not None else []
     names = list(dict.fromkeys(names + list(metrics["cell"].dropna()) + cell_dirs))
