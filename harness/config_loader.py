@@ -169,8 +169,10 @@ class Document:
             if key not in node:
                 if closed is not None and here in closed:
                     names = list(closed[here])
+                    hint = closest(str(key), names)
                     raise UserError(f"{origin}: unknown key '{dotted(here + (key,))}'"
-                                    + did_you_mean(str(key), names))
+                                    + (f" — did you mean '{dotted(here + (hint,))}'?" if hint
+                                       else f". Valid: {', '.join(sorted(names))}"))
                 node[key] = {}
             node = node[key]
         last = keys[-1]
@@ -222,13 +224,17 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (tuple, list) or tp in (tuple, list):
         args = typing.get_args(tp)
-        inner = _type_name(args[0]) if args else "values"
-        return f"a list of {inner.removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+        if not args:
+            return "a list"
+        return f"a list, each item {_type_name(args[0])}"
     if origin is dict or tp is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return getattr(tp, "__name__", str(tp))
+
+
+_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class _Mismatch(Exception):
@@ -278,6 +284,8 @@ def _coerce(value: Any, tp: Any, doc: Document, keys: Keys) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
+            return float(value)  # YAML 1.1 reads `1e-3` and `2.0e9` (no sign) as strings
         raise _Mismatch
     if tp is str:
         if isinstance(value, str):
@@ -366,20 +374,26 @@ def build_dataclass(cls: type, mapping: Any, doc: Document, keys: Keys, **extra:
     return construct(cls, kwargs, doc, keys, list(mapping))
 
 
-def construct(cls: type, kwargs: dict, doc: Document, keys: Keys, named: Iterable[str] = ()) -> Any:
+_FIELD_PREFIX = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*)\s*(?:=|:)")
+
+
+def construct(cls: type, kwargs: dict, doc: Document, keys: Keys,
+              named: Iterable[str] | Mapping[str, Keys] = ()) -> Any:
     """`cls(**kwargs)`, with a `ValueError`/`TypeError` from `__post_init__` as a `UserError`.
 
-    The message is attributed to the first of `named` keys that it mentions, else to `keys`.
+    A message that starts with a field name (`zdim: ...`, `train.lr = ...`,
+    `Config.channels=...`) is attributed to where that field was set: `named` maps field names
+    to their key paths (or lists fields set directly under `keys`); otherwise to `keys`.
     """
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as error:
         message = str(error)
+        paths = dict(named) if isinstance(named, Mapping) else {n: keys + (n,) for n in named}
         where_keys = keys
-        for name in named:
-            if re.search(rf"(?<![A-Za-z0-9_]){re.escape(str(name))}(?![A-Za-z0-9_])", message):
-                where_keys = keys + (name,)
-                break
+        match = _FIELD_PREFIX.match(message)
+        if match and match.group(1) in paths:
+            where_keys = tuple(paths[match.group(1)])
         raise UserError(f"{doc.where(where_keys)}: invalid '{dotted(where_keys) or cls.__name__}': "
                         f"{message}") from None
 

@@ -83,8 +83,8 @@ class MatchSpec:
 
     def __post_init__(self):
         if (self.params is None) == (self.params_of is None):
-            raise ValueError("params: give exactly one of 'params' (a number) or 'params_of' "
-                             "(another model's name)")
+            raise ValueError("give exactly one of 'params' (a number) or 'params_of' (another "
+                             "model's name)")
         if self.params is not None and self.params < 1:
             raise ValueError(f"params: must be positive, got {self.params}")
         if not 0 < self.tolerance < 1:

@@ -87,16 +87,18 @@ def _format_value(value: Any, width: int) -> str:
     return str(value)
 
 
-def _points(sweep) -> list[dict]:
-    """The grid's product (first axis slowest), then the explicit points; one empty point if
-    the model is not swept."""
-    points: list[dict] = []
+def _points(sweep, base: Keys) -> list[tuple[dict, dict]]:
+    """(point, where each key was given) for the grid's product (first axis slowest), then the
+    explicit points; one empty point if the model is not swept."""
+    points: list[tuple[dict, dict]] = []
     if sweep.grid:
         axes = list(sweep.grid)
+        paths = {a: base + ("grid", a) for a in axes}
         for values in itertools.product(*(sweep.grid[a] for a in axes)):
-            points.append(dict(zip(axes, values)))
-    points += [dict(p) for p in sweep.points]
-    return points or [{}]
+            points.append((dict(zip(axes, values)), paths))
+    for index, point in enumerate(sweep.points):
+        points.append((dict(point), {k: base + ("points", index, k) for k in point}))
+    return points or [({}, {})]
 
 
 def _overridden(override_keys: frozenset, *paths: Keys) -> bool:
@@ -146,11 +148,26 @@ class _Expander:
         fields.update(spec.config)
         return fields
 
-    def build_config(self, spec, fields: dict, where: Keys, named: list[str]):
+    def field_paths(self, spec, point_paths: dict | None = None) -> dict:
+        """Where each model config field was set: preset < config < match < sweep point."""
+        from models import registry
+
+        model: Keys = ("models", spec.name)
+        paths: dict = {}
+        if spec.preset:
+            paths.update({f: model + ("preset",) for f in registry.preset(spec.family,
+                                                                          spec.preset)})
+        paths.update({f: model + ("config", f) for f in spec.config})
+        if spec.match is not None:
+            paths[MATCHED_FIELD.get(spec.family, "")] = model + ("match",)
+        paths.update({k: v for k, v in (point_paths or {}).items() if "." not in k})
+        return paths
+
+    def build_config(self, spec, fields: dict, paths: dict):
         from models import registry
 
         config_cls, _ = registry.family(spec.family)
-        return construct(config_cls, fields, self.doc, where, named)
+        return construct(config_cls, fields, self.doc, ("models", spec.name), paths)
 
     def params_of(self, family: str, config: Any) -> int:
         key = (family, repr(config))
@@ -168,8 +185,7 @@ class _Expander:
             other_fields = self.base_fields(other)
             if other.match is not None:
                 other_fields, _ = self.solve_match(other, other_fields)
-            other_config = self.build_config(other, other_fields, ("models", other.name),
-                                             list(other_fields))
+            other_config = self.build_config(other, other_fields, self.field_paths(other))
             target = self.params_of(other.family, other_config)
         solver_name, field_name = BUDGET_SOLVERS.get(spec.family, (None, None))
         if solver_name is None:
@@ -182,7 +198,7 @@ class _Expander:
             raise UserError(f"{self.doc.where(keys)}: cannot match {target:,} parameters for "
                             f"model '{spec.name}': {error}") from None
         solved = dict(fields, **{field_name: value})
-        config = self.build_config(spec, solved, ("models", spec.name), list(fields))
+        config = self.build_config(spec, solved, self.field_paths(spec))
         params = self.params_of(spec.family, config)
         if abs(params - target) > match.tolerance * target:
             raise UserError(f"{self.doc.where(keys)}: model '{spec.name}' reaches {params:,} "
@@ -194,23 +210,22 @@ class _Expander:
 
     # ----------------------------------------------------------------- train / eval configs
 
-    def section(self, cls: type, base: Any, name: str, spec, point: dict) -> Any:
+    def section(self, cls: type, base: Any, name: str, spec, point: dict,
+                point_paths: dict) -> Any:
         """defaults < experiment `train:` < model `train:` < sweep point (< overrides, already
         applied to the document, which the model and the point may not undo)."""
         kwargs = _init_fields(base)
-        named: list[str] = []
+        paths = {f: (name, f) for f in kwargs}
         for key, value in getattr(spec, name).items():
             if not _overridden(self.overrides, (name, key)):
                 kwargs[key] = value
-                named.append(key)
-        where: Keys = ("models", spec.name, name) if named else (name,)
+                paths[key] = ("models", spec.name, name, key)
         for key, value in point.items():
             if key.startswith(name + "."):
                 fld = key.split(".", 1)[1]
                 kwargs[fld] = value
-                named.append(fld)
-                where = ("models", spec.name, "sweep")
-        return construct(cls, kwargs, self.doc, where, named)
+                paths[fld] = point_paths.get(key, ("models", spec.name, "sweep"))
+        return construct(cls, kwargs, self.doc, (name,), paths)
 
     # ----------------------------------------------------------------- cells
 
@@ -231,38 +246,45 @@ class _Expander:
 
     def model_cells(self, spec) -> list[Cell]:
         base = self.base_fields(spec)
-        raw_points = _points(spec.sweep)
+        raw_points = _points(spec.sweep, ("models", spec.name, "sweep"))
         widths: dict[str, int] = {}
-        for point in raw_points:
+        for point, _ in raw_points:
             for key, value in point.items():
                 if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                     minimum = 2 if key == "effective_depth" else 1
                     widths[key] = max(widths.get(key, minimum), len(str(value)))
-        order = list(dict.fromkeys(k for p in raw_points for k in p if k != "seed"))
+        order = list(dict.fromkeys(k for p, _ in raw_points for k in p if k != "seed"))
         cells: list[Cell] = []
-        for index, raw in enumerate(raw_points):
+        for raw, point_paths in raw_points:
             point = self.effective_point(spec, raw)
-            sweep_where: Keys = ("models", spec.name, "sweep")
             fields = dict(base)
             model_keys = [k for k in point if k != "seed" and "." not in k]
             fields.update({k: point[k] for k in model_keys})
             match_record = None
             if spec.match is not None:
                 fields, match_record = self.solve_match(spec, fields)
-            config = self.build_config(spec, fields, sweep_where if model_keys else
-                                       ("models", spec.name, "config"),
-                                       model_keys + list(spec.config))
+            config = self.build_config(spec, fields, self.field_paths(
+                spec, {k: point_paths[k] for k in model_keys}))
             seed = point.get("seed", spec.seed)
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-                raise UserError(f"{self.doc.where(sweep_where)}: seed must be a non-negative "
+                where = point_paths.get("seed", ("models", spec.name, "seed"))
+                raise UserError(f"{self.doc.where(where)}: seed must be a non-negative "
                                 f"integer, got {describe(seed)}")
-            train = self.section(self.train_cls, self.experiment.train, "train", spec, point)
+            train = self.section(self.train_cls, self.experiment.train, "train", spec, point,
+                                 point_paths)
             if hasattr(train, "seed"):
                 train = dataclasses.replace(train, seed=seed)
-            evaluation = self.section(self.eval_cls, self.experiment.eval, "eval", spec, point)
-            resolved = dict(point)
-            for key in model_keys:  # name from the value the model really gets
-                resolved[key] = getattr(config, key)
+            evaluation = self.section(self.eval_cls, self.experiment.eval, "eval", spec, point,
+                                      point_paths)
+            resolved = {}  # every swept key, with the value the cell really gets (overrides win)
+            for key in (k for k in order if k in raw):
+                if key.startswith(("train.", "eval.")):
+                    section = train if key.startswith("train.") else evaluation
+                    resolved[key] = getattr(section, key.split(".", 1)[1])
+                else:
+                    resolved[key] = getattr(config, key)
+            if "seed" in raw:
+                resolved["seed"] = seed
             parts = [spec.name]
             for key in order:
                 if key in resolved:
