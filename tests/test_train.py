@@ -196,3 +196,10 @@ def test_config_validation_names_the_field():
 def test_batch_larger_than_data_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="train.batch_size"):
         train(_model(), realish_images(4), _config(batch_size=8), tmp_path)
+
+
+def test_plain_progress_lines_when_not_a_terminal(tmp_path, capsys):
+    train(_model(), realish_images(32), _config(progress="auto", log_every_steps=3), tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2 and "bits/dim" in lines[0] and "images/s" in lines[0]
+    assert "eta" in lines[-1]
