@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from harness import atomic, distributed
+from harness.errors import UserError
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _STALE_TEMP = re.compile(r"^\.step-\d+\.pt(\.sha256)?\..*\.tmp$")
@@ -223,9 +224,14 @@ def resume_training(directory: Path, log_path: Path, *, model, ema, optimizer, c
             warnings.warn(f"resuming from step {step} in {directory} with changed train "
                           f"settings: {', '.join(changed)}; the run is no longer identical to "
                           f"an uninterrupted one", stacklevel=3)
-        model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            model.load_state_dict(saved["model"])
+            ema.load_state_dict(saved["ema"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError, AssertionError) as error:
+            raise UserError(f"the checkpoint of step {step} in {directory} does not fit this "
+                            f"model ({type(error).__name__}: {str(error)[:200]}); train into a "
+                            f"new results folder or delete that checkpoints folder") from error
         restore_run_rng(saved, info, device, fallback_seed=config.seed + step)
     if info.is_main and Path(log_path).exists():
         rows = [row for row in atomic.read_jsonl(log_path) if row.get("step", 0) <= step]

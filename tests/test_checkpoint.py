@@ -111,3 +111,15 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert resumed["final_loss_bits_per_dim"] == reference["final_loss_bits_per_dim"]
     assert _comparable(atomic.read_jsonl(killed_dir / "train_log.jsonl")) == \
         _comparable(atomic.read_jsonl(tmp_path / "reference" / "train_log.jsonl"))
+
+
+def test_resuming_into_a_different_model_is_a_user_error(tmp_path):
+    from tiny_models import TinyConfig, TinyConvModel, realish_images
+
+    from harness.errors import UserError
+    from harness.train import TrainConfig, train
+
+    config = TrainConfig(batch_size=4, max_steps=2, device="cpu", progress="off")
+    train(TinyConvModel(TinyConfig(width=8)), realish_images(8), config, tmp_path)
+    with pytest.raises(UserError, match="does not fit this model"):
+        train(TinyConvModel(TinyConfig(width=4)), realish_images(8), config, tmp_path)
