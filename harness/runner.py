@@ -188,12 +188,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_locked(cell, context: CellContext, root: Path) -> dict | None:
+def _run_locked(cell, context: CellContext, root: Path, announce=None) -> dict | None:
     """Claim the cell's lock, run it, release; None when another runner holds it."""
     lock = locks.CellLock(cell_dir(root, cell.name), root)
     if not lock.acquire():
         return None
     try:
+        status = read_status(cell_dir(root, cell.name))
+        if status.get("status") == "done":  # another runner finished it since we looked
+            return {**status, "finished_elsewhere": True}
+        if announce is not None:
+            announce()
         if lock.reclaimed_from:
             _say(f"  {cell.name}: reclaimed the lock of a dead runner "
                  f"(pid {lock.reclaimed_from.get('pid')}); resuming")
@@ -209,7 +214,7 @@ def _worker(cell, context: CellContext, root: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     status = _run_locked(cell, context, Path(root))
-    if status is None:
+    if status is None or status.get("finished_elsewhere"):
         sys.exit(EXIT_LOCKED)
     sys.exit(0 if status["status"] == "done" else 1)
 
@@ -262,9 +267,10 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
     running: dict[str, tuple[Any, float]] = {}
 
     def finish(cell, status: dict | None, seconds: float) -> None:
-        if status is None:
+        if status is None or status.get("finished_elsewhere"):
             elsewhere.append(cell.name)
-            _say(f"  {cell.name}: running in another runner; skipped here")
+            _say(f"  {cell.name}: " + ("done by another runner" if status else
+                                       "running in another runner; skipped here"))
             return
         if status.get("status") != "done":
             failed.append(cell.name)
@@ -289,9 +295,10 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
         try:
             while queue:
                 cell = queue.pop(0)
-                _say(f"→ {cell.name} ({cell.kind}, est {fmt_duration(progress.estimates.get(cell.name))})")
+                estimate = fmt_duration(progress.estimates.get(cell.name))
                 start = time.perf_counter()
-                status = _run_locked(cell, context, root)
+                status = _run_locked(cell, context, root, announce=lambda c=cell, e=estimate:
+                                     _say(f"→ {c.name} ({c.kind}, est {e})"))
                 finish(cell, status, time.perf_counter() - start)
         finally:
             torch.set_num_threads(previous)
@@ -467,7 +474,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     rebuild_shared_files(root, cells, summary_weights)
     _say(f"{experiment.name}: {len(pending) - len(failed) - len(elsewhere)} cell(s) run in "
          f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped, {len(failed)} failed"
-         + (f", {len(elsewhere)} left to another runner" if elsewhere else "")
+         + (f", {len(elsewhere)} handled by another runner" if elsewhere else "")
          + f"; {root}/summary.csv")
     for name in failed:
         _say(f"  failed: {name}: {read_status(cell_dir(root, name)).get('error')}")
