@@ -79,7 +79,8 @@ def dmol_grid_to_uint8(values: torch.Tensor, n_bits: int = 8) -> torch.Tensor:
 
 
 def _dmol_split(params: torch.Tensor, n_channels: int):
-    """(N, M(1+3C), H, W) -> logits (N, M, H, W) and means, log scales, coefficients (N, C, M, H, W).
+    """(N, M(1+3C), H, W) -> logits (N, M, H, W) and means, log scales, coefficients, each
+    (N, C, M, H, W).
 
     Channel order is the reference's channel-last order: [logits M] then per image channel
     [means M | log scales M | coefficient logits M].

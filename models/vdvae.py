@@ -46,11 +46,15 @@ class VDVAE(nn.Module):
     """`model(images, noise=None)` -> dict of (N,) `elbo_nats_per_dim`, `distortion_nats_per_dim`,
     `rate_nats_per_dim` and (N, L) `kl_nats_per_layer` (nats per image, per top-down block)."""
 
-    def __init__(self, config: VDVAEConfig):
+    def __init__(self, config: VDVAEConfig, channels_last: bool = True):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # NHWC activations: a cifar10 training step on 2 CPU cores measured ~20% faster than
+        # NCHW (oneDNN skips its layout reorders), and it is cuDNN's preferred layout for bf16.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -73,7 +77,8 @@ class VDVAE(nn.Module):
         x = images.to(self.decoder.gain.dtype)
         if self.config.input_unit_interval:
             x = x / 255.0
-        return (x + self.config.input_shift) * self.config.input_scale  # (N, C, H, W)
+        x = (x + self.config.input_shift) * self.config.input_scale  # (N, C, H, W)
+        return x.contiguous(memory_format=self.memory_format)
 
     def _noise_list(self, noise, n: int, generator, device) -> list[torch.Tensor]:
         """The standard-normal ε of every top-down block: given, or drawn from `generator`."""
@@ -152,7 +157,8 @@ class VDVAE(nn.Module):
 
     def _log_weights(self, images, activations, eps) -> torch.Tensor:
         n = images.shape[0]
-        log_ratio = torch.zeros(n, device=images.device, dtype=self.decoder.gain.dtype)  # Σ_j log q(z_j) - log p(z_j)
+        # Σ_j log q(z_j | x) - log p(z_j), nats per image
+        log_ratio = torch.zeros(n, device=images.device, dtype=self.decoder.gain.dtype)
 
         def posterior_draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
             nonlocal log_ratio
@@ -171,7 +177,7 @@ class VDVAE(nn.Module):
     @torch.no_grad()
     def iw_nll_bits_per_dim(self, images: torch.Tensor, k: int, chunk_size: int = 16,
                             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Importance-weighted NLL bound (Burda et al. 2016) with k posterior samples, (N,) bits/dim.
+        """Importance-weighted NLL bound (Burda et al. 2016), k posterior samples, (N,) bits/dim.
 
         -log (1/k) Σ_i w_i with w_i = p(x, z_i) / q(z_i | x); never above the ELBO in expectation,
         equal to the single-sample ELBO estimate for k = 1, tightening as k grows. The encoder runs

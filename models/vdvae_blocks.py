@@ -174,7 +174,7 @@ class Decoder(nn.Module):
                                     block.width)
         if x.shape[0] != n:
             # A real copy, not an expanded view of the bias parameter: views of parameters made
-            # under no_grad break FlopCounterMode's module hooks; this is usually the (N, w, 1, 1) top.
+            # under no_grad break FlopCounterMode's module hooks. Usually the (N, w, 1, 1) top.
             x = x.repeat(n, 1, 1, 1)
         return x
 

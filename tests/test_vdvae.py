@@ -271,3 +271,17 @@ def test_posterior_means_are_deterministic_and_shaped():
                                                 for b in model.decoder.dec_blocks]
     for a, b in zip(means, model.posterior_means(images)):
         assert torch.equal(a, b)
+
+
+def test_channels_last_and_nchw_layouts_agree():
+    model = perturbed_model()
+    nchw = VDVAE(model.config, channels_last=False)
+    nchw.load_state_dict(model.state_dict())
+    assert model.decoder.dec_blocks[1].resnet.c2.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    images = images_for(model, 3)
+    noise = [torch.randn(3, 4, b.resolution, b.resolution) for b in model.decoder.dec_blocks]
+    with torch.no_grad():
+        a, b = model(images, noise), nchw(images, noise)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
