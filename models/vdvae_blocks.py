@@ -50,7 +50,12 @@ class Bottleneck(nn.Module):
         self.c4 = _conv(middle_width, out_width, 1, zero_weights=zero_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, in, R, R) -> (N, out, R', R')
-        h = self.c1(F.gelu(x))
+        return self.from_activated(F.gelu(x), x)
+
+    def from_activated(self, activated: torch.Tensor, x: torch.Tensor | None = None):
+        """The block given GELU(x) already computed (shared by the prior and the posterior);
+        `x` is needed only for the residual add."""
+        h = self.c1(activated)
         h = self.c2(F.gelu(h))
         h = self.c3(F.gelu(h))
         h = self.c4(F.gelu(h))
@@ -113,13 +118,18 @@ class TopDownBlock(nn.Module):
         self.resnet = Bottleneck(self.width, middle, self.width, residual=True, use_3x3=use_3x3)
         _scale_(self.resnet.c4.weight, math.sqrt(1.0 / n_blocks))
 
-    def posterior(self, state: torch.Tensor, activation: torch.Tensor) -> Gaussian:
-        mean, logstd = self.enc(torch.cat([state, activation], dim=1)).chunk(2, dim=1)
+    # Both nets start with GELU of their input; they take it precomputed: GELU(state) is shared
+    # by the two and GELU(activation) by every block at a resolution (GELU(cat) = cat(GELU)).
+    def posterior(self, activated_state: torch.Tensor,
+                  activated_activation: torch.Tensor) -> Gaussian:
+        out = self.enc.from_activated(torch.cat([activated_state, activated_activation], dim=1))
+        mean, logstd = out.chunk(2, dim=1)  # (N, zdim, R, R) each
         return mean, logstd
 
-    def prior_and_features(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor]:
-        out = self.prior(state)  # (N, 2·zdim + w, R, R)
+    def prior_and_features(self, activated_state: torch.Tensor) -> tuple[torch.Tensor,
+                                                                           torch.Tensor,
+                                                                           torch.Tensor]:
+        out = self.prior.from_activated(activated_state)  # (N, 2·zdim + w, R, R)
         z = self.zdim
         return out[:, :z], out[:, z:2 * z], out[:, 2 * z:]
 
@@ -192,17 +202,22 @@ class Decoder(nn.Module):
         mix-ins) runs in order, so with one block per group this is exactly the usual decoder.
         """
         states = dict(zip(self.bias_resolutions, self.bias_xs))
+        activated_acts: dict[int, torch.Tensor] = {}  # GELU(encoder activation), per resolution
         for group in self.groups:
-            group_start = None
+            group_start = None  # GELU of the group-start state
             for j in group:
                 block = self.dec_blocks[j]
                 x = self._block_input(block, states, n)  # (N, w, R, R)
                 if group_start is None:
-                    group_start = cond = x
-                else:
+                    group_start = cond = F.gelu(x)
+                else:  # GELU commutes with nearest upsampling, channel cuts and zero-padding
                     cond = resize_state(group_start, block.resolution, block.width)
-                posterior = (block.posterior(cond, activations[block.resolution])
-                             if j < posterior_blocks else None)
+                posterior = None
+                if j < posterior_blocks:
+                    res = block.resolution
+                    if res not in activated_acts:
+                        activated_acts[res] = F.gelu(activations[res])
+                    posterior = block.posterior(cond, activated_acts[res])
                 prior_mean, prior_logstd, features = block.prior_and_features(cond)
                 z = choose_latent(j, posterior, (prior_mean, prior_logstd))
                 x = x + features
