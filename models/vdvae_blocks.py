@@ -130,18 +130,20 @@ class TopDownBlock(nn.Module):
                                                                            torch.Tensor,
                                                                            torch.Tensor]:
         out = self.prior.from_activated(activated_state)  # (N, 2·zdim + w, R, R)
-        z = self.zdim
-        return out[:, :z], out[:, z:2 * z], out[:, 2 * z:]
+        # split, not three slices: its backward is one cat instead of three zero-filled buffers
+        mean, logstd, features = out.split([self.zdim, self.zdim, self.width], dim=1)
+        return mean, logstd, features
 
 
 def resize_state(state: torch.Tensor, resolution: int, width: int) -> torch.Tensor:
-    """Nearest-upsample a decoder state to `resolution`, then cut (or zero-pad) it to `width`."""
-    if state.shape[-1] != resolution:
-        state = F.interpolate(state, size=(resolution, resolution), mode="nearest")
+    """Cut (or zero-pad) a decoder state to `width` channels, then nearest-upsample it to
+    `resolution`."""
     if state.shape[1] > width:
         state = state[:, :width]
     elif state.shape[1] < width:
         state = F.pad(state, (0, 0, 0, 0, 0, width - state.shape[1]))
+    if state.shape[-1] != resolution:
+        state = F.interpolate(state, size=(resolution, resolution), mode="nearest")
     return state
 
 
@@ -180,8 +182,7 @@ class Decoder(nn.Module):
         if x is None:  # a resolution above no_bias_above starts from zeros
             x = self.gain.new_zeros(n, block.width, block.resolution, block.resolution)
         if block.mixin is not None:  # broadcasts a (1, w, R, R) bias over the batch
-            return x + resize_state(states[block.mixin][:, :block.width], block.resolution,
-                                    block.width)
+            return x + resize_state(states[block.mixin], block.resolution, block.width)
         if x.shape[0] != n:
             # A real copy, not an expanded view of the bias parameter: views of parameters made
             # under no_grad break FlopCounterMode's module hooks. Usually the (N, w, 1, 1) top.
