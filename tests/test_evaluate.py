@@ -88,6 +88,7 @@ def test_vae_terms_active_units_and_iw_bound(tmp_path):
     assert expected[0] > 0 and expected[1] == 0
     assert [(r["value"], r["units"]) for r in active] == [(expected[0], 2), (0, 8)]
     assert [r["value"] for r in _rows(rows, "active_units") if "layer" not in r] == [expected[0]]
+    assert {r["n_images"] for r in _rows(rows, "active_units")} == {17}
     iw = _rows(rows, "iw_bits_per_dim")
     assert len(iw) == 1 and iw[0]["k"] == 4 and iw[0]["n_images"] == 7
     assert np.load(tmp_path / "per_image_iw_bits_per_dim_ema.npy").shape == (7,)
@@ -122,6 +123,8 @@ def test_missing_weights_and_bad_config():
         EvalConfig(batch_size=0)
     with pytest.raises(ValueError, match=r"eval\.weights"):
         EvalConfig(weights="raw")
+    with pytest.raises(ValueError, match=r"eval\.active_units_max_images"):
+        EvalConfig(active_units_max_images=0)
     assert EvalConfig(weights=["ema"]).weights == ("ema",)
 
 
@@ -175,3 +178,12 @@ def test_flops_count_works_inside_inference_mode_with_trainable_parameters():
     with torch.inference_mode():  # evaluate() runs everything inside inference mode
         flops = flops_per_image(model, torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
     assert flops == 2 * 16 * 2 * 2 / 2  # one 1x1 conv on a batch-free bias, shared by 2 images
+
+
+def test_default_batch_size_is_chosen_by_device_and_active_units_can_be_bounded(tmp_path):
+    config = EvalConfig(weights=("raw",), flops=False, n_grid_samples=0, sample_repeats=1,
+                        sample_warmup=0, active_units_max_images=5)
+    rows = evaluate({"raw": TinyVAE().eval()}, realish_images(9), config, tmp_path)
+    assert _rows(rows, "eval_images_per_s")[0]["batch_size"] == 64  # CPU
+    assert {r["n_images"] for r in _rows(rows, "active_units")} == {5}
+    assert _rows(rows, "test_bits_per_dim")[0]["n_images"] == 9
