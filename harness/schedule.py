@@ -1,8 +1,8 @@
 """Learning-rate schedule and bias-corrected EMA of the weights.
 
 * `lr_at_update(u, ...)`: the learning rate of the u-th optimiser iteration (u = 1, 2, ...):
-  linear warm-up from lr/warmup_steps to lr over `warmup_steps` iterations (VDVAE, Appendix A:
-  "linear warm-up over 100 steps"), then constant, cosine or linear decay to
+  linear warm-up from lr/warmup_steps to lr over `warmup_steps` iterations (the VDVAE recipe
+  warms up over 100 steps, ../shared/spec/vdvae.md), then constant, cosine or linear decay to
   `lr * final_fraction` at `total_steps`. Iterations count whether or not the update was
   skipped, as the reference's scheduler does.
 * `EMA`: exponential moving average of the parameters, updated on applied updates only. With
@@ -43,7 +43,8 @@ def lr_at_update(update: int, *, base_lr: float, warmup_steps: int, schedule: st
     span = total_steps - warmup_steps
     progress = 1.0 if span <= 0 else min(1.0, max(0.0, (update - warmup_steps) / span))
     if schedule == "cosine":
-        factor = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        factor = final_fraction + (1.0 - final_fraction) * cosine
     else:
         factor = 1.0 - (1.0 - final_fraction) * progress
     return base_lr * factor

@@ -1,9 +1,9 @@
 """Cost measurements: forward FLOPs, sampling throughput, peak memory.
 
-The paper's sampling claim (VDVAE, Section 5: one decoder pass per sample versus one network
-evaluation per sub-pixel for an autoregressive model) is checked here with wall-clock numbers,
-measured side by side on the same device: warm-up calls first, device synchronisation around
-every timed call, the median of several repeats.
+The VDVAE paper's sampling claim (one decoder pass per sample versus one network evaluation per
+sub-pixel for an autoregressive model; ../shared/spec/vdvae.md "Sampling-speed claim") is
+checked here with wall-clock numbers, measured side by side on the same device: warm-up calls
+first, device synchronisation around every timed call, the median of several repeats.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """One training loop for every model family that returns a per-image loss.
 
-Implements the VDVAE training recipe (Child 2021, Section 4 and Appendix A; ../shared/spec/
-vdvae.md "Training recipe"): AdamW, linear LR warm-up, gradient-norm clipping, **update skipping**
-when the pre-clip gradient norm reaches `skip_threshold` or the loss is not finite, and an EMA of
-the weights updated on applied updates only (bias-corrected by default: harness.schedule).
+Implements the VDVAE training recipe (Child 2021 and its reference implementation; see
+../shared/spec/vdvae.md "Training recipe"): AdamW, linear LR warm-up, gradient-norm clipping,
+**update skipping** when the pre-clip gradient norm reaches `skip_threshold` or the loss is not
+finite, and an EMA of the weights updated on applied updates only (bias-corrected by default:
+harness.schedule).
 
 Everything a run needs to continue lives in `run_dir/checkpoints/step-<N>.pt` (harness.checkpoint):
 model, EMA, optimiser, schedule position, the data position (epoch, batch in epoch) and every RNG

@@ -113,7 +113,8 @@ def test_common_random_numbers_and_caller_rng_untouched(tmp_path):
     assert np.array_equal(first, second)
     evaluate({"raw": model}, images, EvalConfig(**{**config.__dict__, "noise_seed": 1}),
              tmp_path / "c")
-    assert not np.array_equal(first, np.load(tmp_path / "c" / "per_image_test_bits_per_dim_raw.npy"))
+    third = np.load(tmp_path / "c" / "per_image_test_bits_per_dim_raw.npy")
+    assert not np.array_equal(first, third)
 
 
 def test_missing_weights_and_bad_config():

@@ -1,4 +1,4 @@
-"""Training and evaluation with the real model families (smallest presets, real-ish 28x28 images)."""
+"""Training and evaluation with the real model families (small presets, real-ish images)."""
 
 from __future__ import annotations
 
