@@ -245,7 +245,9 @@ def width_for_param_budget(target_params: int, **config_fields) -> int:
             # Surface the real reason (a bad field other than width).
             VDVAEConfig(width=low, **config_fields)
     high = max(low, 2)
-    while count(high) < target_params:  # the count grows monotonically with the width
+    # The count grows monotonically with the width; a width that makes the config invalid
+    # (e.g. wider than a custom width it must mix into) is treated as too large.
+    while (c := count(high)) is not None and c < target_params and high < 2 ** 16:
         low, high = high, high * 2
     while high - low > 1:  # invariant: count(low) < target <= count(high), or low is minimal
         mid = (low + high) // 2

@@ -126,6 +126,13 @@ def test_width_for_param_budget_finds_the_closest_width():
     assert min(counts, key=lambda w: abs(counts[w] - target)) == width
 
 
+def test_width_for_param_budget_reports_a_bad_field():
+    with pytest.raises(ValueError, match="dec_blocks"):
+        width_for_param_budget(100_000, image_size=28, image_channels=1,
+                               enc_blocks="28x1,28d2,14x1,14d2,7x1,7d7,1x1",
+                               dec_blocks="1x1,7m1,14q7,28m14")
+
+
 def test_unit_interval_input_is_the_same_affine_map():
     """(x/255 + s)·c with input_unit_interval equals (x + 255 s)·c/255 on raw pixels."""
     model = perturbed_model()
