@@ -1,7 +1,7 @@
 """Very Deep VAE (Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them
 on Images", ICLR 2021): a bottom-up encoder and a top-down decoder of L stochastic blocks with
-diagonal Gaussian posteriors and priors (Section 3, Figure 3), a discretized mixture of logistics
-likelihood, and the effective-stochastic-depth ablation of Section 5.1 (`effective_depth`).
+diagonal Gaussian posteriors and priors, a discretized mixture of logistics likelihood, and the
+paper's effective-stochastic-depth ablation (`effective_depth`); spec/vdvae.md has the facts.
 
 Everything is in nats inside; user-visible names carry their unit. The structure lives in
 `vdvae_config.py` (config, validation, parameter count), `vdvae_blocks.py` (modules) and
@@ -107,7 +107,8 @@ class VDVAE(nn.Module):
 
     def forward(self, images: torch.Tensor, noise: Sequence[torch.Tensor] | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (Section 3).
+        """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (spec/vdvae.md,
+        "Objective and evaluation").
 
         images: uint8 (N, C, H, W). noise: optional ε per top-down block (N, zdim, R, R), for
         common random numbers; otherwise drawn from `generator` (or the global RNG).
@@ -251,7 +252,8 @@ class VDVAE(nn.Module):
                                   generator: torch.Generator | None = None,
                                   pixel_temperature: float = 1.0) -> torch.Tensor:
         """One sample per image, uint8 (N, C, H, W): the first k blocks' latents are posterior
-        draws given the image, the rest come from the prior (Figure 4). k = L reconstructs."""
+        draws given the image, the rest come from the prior (the paper's Figure 4); k = L
+        reconstructs."""
         self._check_images(images)
         if not 0 <= k <= self.config.n_top_down:
             raise ValueError(f"k: must be in 0..{self.config.n_top_down}, got {k}")

@@ -1,4 +1,4 @@
-"""VDVAE building blocks (Child 2021, Section 3 and Figure 3): the bottleneck residual block, the
+"""VDVAE building blocks (Child 2021; spec/vdvae.md "Blocks"): the bottleneck residual block, the
 bottom-up encoder and the top-down decoder.
 
 Module and parameter names follow the released checkpoints of the public reference, so a reference
@@ -196,11 +196,11 @@ class Decoder(nn.Module):
         Blocks `j < posterior_blocks` compute their posterior from `activations`; each block's
         latent is `choose_latent(j, posterior or None, prior)`.
 
-        Grouping (Section 5.1): inside a group every block computes q, p and the feature update
-        from the state at the start of the group (the first block's input, after its mix-in),
-        nearest-upsampled and cut to the block's resolution and width. The feature update is then
-        added to the block's own running state and the deterministic path (z_proj, resblock,
-        mix-ins) runs in order, so with one block per group this is exactly the usual decoder.
+        Grouping (the depth ablation): inside a group every block computes q, p and the feature
+        update from the state at the start of the group (the first block's input, after its
+        mix-in), cut to the block's width and nearest-upsampled to its resolution. The feature
+        update is then added to the block's own running state and the deterministic path (z_proj,
+        resblock, mix-ins) runs in order, so with one block per group this is the usual decoder.
         """
         states = dict(zip(self.bias_resolutions, self.bias_xs))
         activated_acts: dict[int, torch.Tensor] = {}  # GELU(encoder activation), per resolution

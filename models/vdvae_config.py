@@ -1,5 +1,5 @@
 """VDVAE configuration: the frozen dataclass, its validation, an analytic parameter count and the
-width search for parameter-matched comparisons (VDVAE, Child 2021, Section 3 and Table 4).
+width search for parameter-matched comparisons (VDVAE, Child 2021; spec/vdvae.md).
 
 Every impossible combination is a `ValueError` raised at construction that names the field.
 """
@@ -30,7 +30,7 @@ class VDVAEConfig:
     * `n_bits`: likelihood on the n-bit grid k/(2^n - 1), k = x >> (8 - n) (the clean form; the
       reference's 5-bit FFHQ variant is not reproduced).
     * `effective_depth`: G contiguous groups of top-down blocks whose latents are conditionally
-      independent inside a group (Section 5.1 ablation); None means G = L (the normal model).
+      independent inside a group (the paper's depth ablation); None means G = L (the normal model).
     """
 
     width: int = 384

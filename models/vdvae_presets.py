@@ -1,5 +1,5 @@
-"""Named VDVAE configurations: the five published models (Child 2021, Table 4; parameter counts
-exact) and small ones for CPU work. Each value is a dict of `VDVAEConfig` fields."""
+"""Named VDVAE configurations: the five published models (Child 2021; spec/vdvae.md; parameter
+counts exact) and small ones for CPU work. Each value is a dict of `VDVAEConfig` fields."""
 
 from __future__ import annotations
 

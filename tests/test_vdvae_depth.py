@@ -1,5 +1,5 @@
-"""Effective stochastic depth (VDVAE, Section 5.1): grouping top-down blocks changes which latents
-condition which, and nothing else (parameters, FLOPs, the G = L model)."""
+"""Effective stochastic depth (the VDVAE depth ablation): grouping top-down blocks changes which
+latents condition which, and nothing else (parameters, FLOPs, the G = L model)."""
 
 from __future__ import annotations
 
