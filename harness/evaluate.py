@@ -49,10 +49,12 @@ class EvalConfig:
     `iw_max_images` None evaluates it on every test image (its cost is k forward passes per
     image); `iw_chunk_size` is the number of the k samples per decoder pass (see `iw_pass`).
 
-    `batch_size` None picks 512 on a GPU and 64 on a CPU: on a CPU larger batches are slower per
-    image (measured on VDVAE fmnist_400k, 1 thread: 76 images/s at 64, 52 at 500, against 26 for
-    training at 32), because activations no longer fit in cache. `active_units_max_images`
-    bounds the extra encoder/decoder pass that active units need (None = every test image)."""
+    `batch_size` None picks 512 on a GPU and 32 on a CPU: on a CPU large batches are slower per
+    image (1 thread, shared 2-core machine: PixelCNN cpu_mnist 990 images/s at 32, 465 at 64;
+    VDVAE fmnist_400k ~115 at 8-48, 52 at 500), as big activations spill the caches and are
+    allocated afresh by the kernel. `active_units_max_images` bounds the extra encoder/decoder
+    pass that active units need (None = every test image). Paired comparisons need the same
+    batch size (and noise seed) for every model: posterior noise is seeded per batch."""
 
     batch_size: int | None = None
     weights: tuple[str, ...] = ("raw", "ema")
@@ -271,7 +273,7 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 def resolved_batch_size(config: EvalConfig, device: torch.device) -> int:
     if config.batch_size is not None:
         return config.batch_size
-    return 512 if device.type == "cuda" else 64
+    return 512 if device.type == "cuda" else 32
 
 
 def _weights_rows(name: str, model: nn.Module, images, config: EvalConfig,

@@ -206,6 +206,7 @@ class _LoopState:
     consecutive_skips: int = 0
     wall_s: float = 0.0
     step_time_s: float = 0.0
+    peak_memory_bytes: int = 0  # the largest of all segments of a resumed run
     last_loss_bits_per_dim: float = float("nan")
     last_grad_norm: float = float("nan")
     last_skip_reason: str = ""
@@ -359,6 +360,7 @@ def _eta_s(config: TrainConfig, state: _LoopState, total_steps: int | None) -> f
 
 def _save(ckpt_dir, model, ema, optimizer, state: _LoopState, config: TrainConfig, info,
           device) -> Path:
+    state.peak_memory_bytes = max(state.peak_memory_bytes, throughput.peak_memory_bytes(device))
     return checkpoint.save_training_checkpoint(
         ckpt_dir, loop=dataclasses.asdict(state), model=model, ema=ema, optimizer=optimizer,
         config=config, info=info, device=device)
@@ -523,12 +525,13 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
         reporter.close()
 
     model.eval()
+    state.peak_memory_bytes = max(state.peak_memory_bytes, throughput.peak_memory_bytes(device))
     return TrainResult(
         model=model, ema_model=ema.module(), steps=state.step,
         epochs=state.epoch + state.batch_in_epoch / steps_per_epoch,
         images_seen=state.images_seen, wall_s=state.wall_s,
         train_images_per_s=state.images_seen / state.step_time_s if state.step_time_s else 0.0,
         skipped_updates=state.skipped_updates, applied_updates=state.applied_updates,
-        peak_memory_bytes=throughput.peak_memory_bytes(device), stopped_because=stopped_because,
+        peak_memory_bytes=state.peak_memory_bytes, stopped_because=stopped_because,
         final_loss_bits_per_dim=state.last_loss_bits_per_dim, resumed_from_step=resumed_from,
         checkpoint_path=checkpoint.checkpoint_path(ckpt_dir, state.step))

@@ -185,6 +185,6 @@ def test_default_batch_size_is_chosen_by_device_and_active_units_can_be_bounded(
     config = EvalConfig(weights=("raw",), flops=False, n_grid_samples=0, sample_repeats=1,
                         sample_warmup=0, active_units_max_images=5)
     rows = evaluate({"raw": TinyVAE().eval()}, realish_images(9), config, tmp_path)
-    assert _rows(rows, "eval_images_per_s")[0]["batch_size"] == 64  # CPU
+    assert _rows(rows, "eval_images_per_s")[0]["batch_size"] == 32  # CPU
     assert {r["n_images"] for r in _rows(rows, "active_units")} == {5}
     assert _rows(rows, "test_bits_per_dim")[0]["n_images"] == 9
