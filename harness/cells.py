@@ -99,6 +99,8 @@ def _first(images, limit: int | None):
     n = len(images) if limit is None else min(limit, len(images))
     if isinstance(images, torch.Tensor):
         return images[:n]
+    if n == len(images):
+        return images  # a lazy (memory-mapped) set stays lazy: consumers index batches
     return images[np.arange(n)]
 
 
@@ -117,6 +119,24 @@ def _check_shape(model, splits, cell) -> None:
                         f"{model_shape} (C, H, W) but dataset '{splits.name}' has "
                         f"{tuple(splits.image_shape)}; set the model's image_size / "
                         "image_channels to match")
+
+
+def train_follower(cell, context: CellContext, cell_dir: Path) -> None:
+    """A non-zero torchrun rank's share of a train cell: the data-parallel training only (rank 0
+    evaluates and writes every file)."""
+    import torch
+
+    from harness.train import train
+    from models import registry
+
+    splits = load_splits(context.data)
+    torch.manual_seed(cell.seed)
+    model = registry.build_model(cell.family, cell.model_config)
+    val_images = None
+    if getattr(cell.train, "val_every_steps", 0):
+        val_images = _first(splits.validation, context.data.validation_images)
+    train(model, _first(splits.train, context.data.train_images), cell.train, cell_dir,
+          val_images=val_images)
 
 
 def _train_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
@@ -159,13 +179,14 @@ def _speed_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict],
     for method, kwargs in sampler_settings(model, tuple(speed.methods)):
         if "temperature" in kwargs:
             kwargs = dict(kwargs, temperature=speed.temperature)
-        for batch_size in speed.batch_sizes:
+        batch_sizes, repeats, warmup = speed.timing(method)
+        for batch_size in batch_sizes:
             generator = torch.Generator().manual_seed(cell.seed)
-            rate = throughput.sampling_images_per_s(model, batch_size, speed.repeats,
-                                                    speed.warmup, generator=generator, **kwargs)
+            rate = throughput.sampling_images_per_s(model, batch_size, repeats, warmup,
+                                                    generator=generator, **kwargs)
             row = {"metric": "sample_images_per_s", "value": rate, "method": method,
-                   "batch_size": batch_size, "image_size": height, "repeats": speed.repeats,
-                   "weights": "untrained"}
+                   "batch_size": batch_size, "image_size": height, "repeats": repeats,
+                   "image_channels": channels, "weights": "untrained"}
             if "temperature" in kwargs:
                 row["temperature"] = kwargs["temperature"]
             rows.append(row)
@@ -181,8 +202,12 @@ def _codec_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict],
     if not codecs.codec_available(cell.model):
         raise UserError(f"this Pillow build cannot write {cell.model.upper()}; install a Pillow "
                         "with WebP support or drop it from 'codecs'")
-    images = test_images(context.data).numpy()  # (N, C, H, W) uint8
-    bits = codecs.per_image_bits_per_dim(images, cell.model)
+    images = test_images(context.data)  # (N, C, H, W) uint8, possibly lazy
+    chunks = []
+    for first in range(0, len(images), 1000):  # one batch in memory at a time
+        batch = images[np.arange(first, min(first + 1000, len(images)))]
+        chunks.append(codecs.per_image_bits_per_dim(np.asarray(batch), cell.model))
+    bits = np.concatenate(chunks) if chunks else np.zeros(0)
     save_npy(bits, cell_dir / "per_image_test_bits_per_dim_codec.npy")
     base = {"split": "test", "codec": cell.model, "n_images": int(bits.size)}
     return [{"metric": "test_bits_per_dim", "value": float(bits.mean()), **base},

@@ -122,17 +122,33 @@ class ModelSpec:
 class SpeedSpec:
     """Sampling throughput: median images/s over `repeats` timed calls after `warmup`."""
 
-    batch_sizes: tuple[int, ...] = (1, 16)
+    batch_sizes: tuple[int, ...] = (1, 16)       # VAE ancestral and PixelCNN cached sampling
     repeats: int = 3
     warmup: int = 1
     methods: tuple[Literal["naive", "cached"], ...] = ("naive", "cached")  # autoregressive
+    # The naive sampler runs the network H·W·C times per call: one call is already a long,
+    # stable timing, and big batches of it take hours on a CPU.
+    naive_batch_sizes: tuple[int, ...] = (1,)
+    naive_repeats: int = 1
+    naive_warmup: int = 0
     temperature: float = 1.0
 
     def __post_init__(self):
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"batch_sizes: need positive sizes, got {list(self.batch_sizes)}")
+        for name in ("batch_sizes", "naive_batch_sizes"):
+            sizes = getattr(self, name)
+            if not sizes or any(b < 1 for b in sizes):
+                raise ValueError(f"{name}: need positive sizes, got {list(sizes)}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats: must be >= 1 (and warmup >= 0), got {self.repeats}")
+        if self.naive_repeats < 1 or self.naive_warmup < 0:
+            raise ValueError(f"naive_repeats: must be >= 1 (and naive_warmup >= 0), got "
+                             f"{self.naive_repeats}")
+
+    def timing(self, method: str) -> tuple[tuple[int, ...], int, int]:
+        """(batch sizes, repeats, warm-up calls) for a sampler."""
+        if method == "naive":
+            return self.naive_batch_sizes, self.naive_repeats, self.naive_warmup
+        return self.batch_sizes, self.repeats, self.warmup
 
 
 @dataclass(frozen=True)

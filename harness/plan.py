@@ -177,16 +177,21 @@ def flops_per_config(cells) -> dict[str, float]:
         key = config_key(cell)
         if cell.kind == "codec" or key in found:
             continue
-        torch.manual_seed(0)
-        model = registry.build_model(cell.family, cell.model_config)
-        shape = tuple(model.image_shape)
-        found[key] = throughput.flops_per_image(model, torch.zeros((1,) + shape,
-                                                                   dtype=torch.uint8))
+        try:  # shapes are all the counter needs: no weights allocated, no arithmetic done
+            with torch.device("meta"):
+                model = registry.build_model(cell.family, cell.model_config)
+                images = torch.zeros((1,) + tuple(model.image_shape), dtype=torch.uint8)
+            found[key] = throughput.flops_per_image(model, images)
+        except Exception:  # an op without a meta kernel: count on real tensors
+            torch.manual_seed(0)
+            model = registry.build_model(cell.family, cell.model_config)
+            images = torch.zeros((1,) + tuple(model.image_shape), dtype=torch.uint8)
+            found[key] = throughput.flops_per_image(model, images)
     return found
 
 
 def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
-                 threads: int) -> dict[str, Probe]:
+                 threads: int, speed: Any = None) -> dict[str, Probe]:
     """Probe each model of distinct cost once: configs with the same family, parameter count and
     FLOPs per image (e.g. one VDVAE at several effective depths) share one probe. With jobs > 1
     the probe runs in `jobs` processes at once, so contention between them is measured."""
@@ -203,11 +208,11 @@ def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
         if group in tasks:
             continue
         if cell.kind == "speed":
-            sample_batches = ()
+            sample_batches = tuple(sorted(set(speed.batch_sizes) | set(speed.naive_batch_sizes)))
         else:
             sample_batches = tuple(b for b in (cell.eval.sample_batch_size,
                                                cell.eval.n_grid_samples) if b)
-        tasks[group] = (cell.family, cell.model_config, batch, min(64, cell.eval.batch_size),
+        tasks[group] = (cell.family, cell.model_config, batch, min(64, cell.eval.batch_size or 64),
                         probe_steps if cell.kind == "train" else 0, sample_batches)
     if not tasks:
         return {}
@@ -278,8 +283,10 @@ def estimate_cell(cell, probe: Probe | None, experiment, n_train: int | None,
             train_s = min(train_s, cell.train.max_wall_s)
         eval_s = 0.0
         for _ in evaluation.weights:
-            passes = 2 if not autoregressive else 1  # VAEs: likelihood + active-unit pass
-            eval_s += passes * (n_test or 0) * forward_s
+            eval_s += (n_test or 0) * forward_s
+            if not autoregressive:  # VAEs: the active-units pass (posterior means)
+                cap = getattr(evaluation, "active_units_max_images", None)
+                eval_s += min(n_test or 0, cap if cap is not None else n_test or 0) * forward_s
             if evaluation.iw_k and not autoregressive:
                 n_iw = n_test if evaluation.iw_max_images is None else min(
                     n_test or 0, evaluation.iw_max_images)
@@ -297,10 +304,13 @@ def estimate_cell(cell, probe: Probe | None, experiment, n_train: int | None,
     else:
         speed = experiment.sampling_speed
         methods = tuple(speed.methods) if autoregressive else ("ancestral",)
-        sampling = sum((speed.repeats + speed.warmup) * sample_call_s(m, b)
-                       for m in methods for b in speed.batch_sizes)
+        sampling, timings = 0.0, 0
+        for method in methods:
+            batch_sizes, repeats, warmup = speed.timing(method)
+            sampling += sum((repeats + warmup) * sample_call_s(method, b) for b in batch_sizes)
+            timings += len(batch_sizes)
         seconds += sampling
-        detail = f"{len(methods) * len(speed.batch_sizes)} timings"
+        detail = f"{timings} timings"
     return CellEstimate(cell.name, cell.kind, cell.params, flops, steps, seconds, detail)
 
 
@@ -319,7 +329,9 @@ def make_plan(experiment, cells, jobs: int, threads: int, n_train: int | None,
     probe_steps = runner.probe_steps if runner.estimate == "probe" else 0
     start = time.perf_counter()
     flops = flops_per_config(cells)
-    probes = probe_models(cells, flops, probe_steps, jobs, threads)
+    # The FLOP-rate estimate needs no timing at all (and a paper-size model is slow on a CPU).
+    probes = {} if flops_per_s else probe_models(cells, flops, probe_steps, jobs, threads,
+                                                 experiment.sampling_speed)
     estimates = []
     for cell in cells:
         probe = probes.get(config_key(cell)) or (

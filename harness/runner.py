@@ -345,6 +345,58 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
     return failed, elsewhere
 
 
+def _run_cells_distributed(pending, context, root: Path, summary_cells,
+                           summary_weights: str, info) -> tuple[list[str], list[str]]:
+    """Under torchrun: every rank runs the same cells in the same order; rank 0 claims locks,
+    evaluates and writes all files, the other ranks join the data-parallel training and then
+    wait (polling status.json, not a collective, so a long evaluation cannot time out NCCL)."""
+    import torch.distributed as dist
+
+    from harness.cells import train_follower
+
+    order = [[c.name for c in pending] if info.is_main else None]
+    dist.broadcast_object_list(order, src=0)  # rank 0's order (longest first) for every rank
+    by_name = {c.name: c for c in summary_cells}
+    pending = [by_name[name] for name in order[0]]
+    failed: list[str] = []
+    elsewhere: list[str] = []
+    for index, cell in enumerate(pending):
+        decision = [None]
+        lock = None
+        if info.is_main:
+            lock = locks.CellLock(cell_dir(root, cell.name), root)
+            run = lock.acquire() and read_status(cell_dir(root, cell.name)).get("status") != "done"
+            if not run and lock.acquired:
+                lock.release()
+            decision = [run]
+        dist.broadcast_object_list(decision, src=0)
+        if not decision[0]:
+            elsewhere.append(cell.name)
+            _say(f"  {cell.name}: handled by another runner; skipped here")
+            continue
+        start = time.perf_counter()
+        if info.is_main:
+            _say(f"→ [{index + 1}/{len(pending)}] {cell.name} ({cell.kind}, "
+                 f"{info.world_size} ranks)")
+            try:
+                status = run_cell(cell, context, cell_dir(root, cell.name))
+            finally:
+                lock.release()
+            if status.get("status") != "done":
+                failed.append(cell.name)
+            detail = (f": {status.get('error')}" if status.get("status") == "failed"
+                      else _result_line(root, cell.name))
+            _say(f"[{index + 1}/{len(pending)}] {cell.name}: {status.get('status')} in "
+                 f"{fmt_duration(time.perf_counter() - start)}{detail}")
+            rebuild_shared_files(root, summary_cells, summary_weights)
+        else:
+            if cell.kind == "train":
+                train_follower(cell, context, cell_dir(root, cell.name))
+            while read_status(cell_dir(root, cell.name)).get("status") not in ("done", "failed"):
+                time.sleep(2.0)
+    return failed, elsewhere
+
+
 def print_plan(experiment, plan, cells, root: Path | None, statuses: dict[str, str]) -> None:
     by_name = {e.name: e for e in plan.cells}
     counts: dict[str, int] = {}
@@ -431,9 +483,22 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     """Run (or with `dry_run` only plan) an experiment file; returns the exit status."""
     from harness.experiment import load_experiment
 
+    from harness import distributed
+
     experiment = load_experiment(Path(path), overrides=list(overrides or ()))
     cells = list(experiment.cells)
     jobs, threads = _jobs_and_threads(experiment, jobs)
+    info = distributed.env_info()
+    if info.enabled:
+        if jobs != 1:
+            raise UserError(f"under torchrun ({info.world_size} processes) cells run one at a "
+                            "time on all ranks; use --set runner.jobs=1")
+        import torch
+
+        distributed.setup("cuda" if torch.cuda.is_available() else "cpu")
+        if not info.is_main:
+            global _say
+            _say = lambda text: None  # noqa: E731 - only rank 0 talks
     root = Path(results_dir) if results_dir is not None else default_results_dir(experiment)
     context = CellContext(experiment=experiment.name, data=experiment.data,
                           sampling_speed=experiment.sampling_speed)
@@ -448,6 +513,9 @@ def run_experiment(path: Path, results_dir: Path | None = None,
             raise
         _say(f"note: {error}; the plan assumes nothing about the data's size")
         n_train = n_test = dims = None
+    if info.enabled and not info.is_main:
+        _run_cells_distributed([], context, root, cells, experiment.runner.summary_weights, info)
+        return 0
     plan = make_plan(experiment, cells, jobs, threads, n_train, n_test, dims)
     print_plan(experiment, plan, cells, None if dry_run else root, statuses)
     if dry_run:
@@ -469,8 +537,12 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         _say(f"{skipped} cell(s) already done; skipped")
     start = time.perf_counter()
     summary_weights = experiment.runner.summary_weights
-    failed, elsewhere = _run_cells(pending, context, root, jobs, threads, plan, cells,
-                                   summary_weights)
+    if info.enabled:
+        failed, elsewhere = _run_cells_distributed(pending, context, root, cells,
+                                                   summary_weights, info)
+    else:
+        failed, elsewhere = _run_cells(pending, context, root, jobs, threads, plan, cells,
+                                       summary_weights)
     rebuild_shared_files(root, cells, summary_weights)
     _say(f"{experiment.name}: {len(pending) - len(failed) - len(elsewhere)} cell(s) run in "
          f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped, {len(failed)} failed"
