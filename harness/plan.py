@@ -161,6 +161,20 @@ def _is_autoregressive(family: str) -> bool:
     return "method" in inspect.signature(model_cls.sample).parameters
 
 
+def _eval_batch(cell) -> int:
+    """The evaluation batch the cell will use on this machine (the evaluator's device default
+    when the config leaves it open)."""
+    if cell.eval.batch_size is not None:
+        return min(cell.eval.batch_size, 256)
+    import torch
+
+    from harness import evaluate
+
+    resolve = getattr(evaluate, "resolved_batch_size", None)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return min(resolve(cell.eval, device), 256) if resolve else 64
+
+
 def config_key(cell) -> str:
     return repr((cell.family, cell.model_config))
 
@@ -212,7 +226,7 @@ def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
         else:
             sample_batches = tuple(b for b in (cell.eval.sample_batch_size,
                                                cell.eval.n_grid_samples) if b)
-        tasks[group] = (cell.family, cell.model_config, batch, min(64, cell.eval.batch_size or 64),
+        tasks[group] = (cell.family, cell.model_config, batch, _eval_batch(cell),
                         probe_steps if cell.kind == "train" else 0, sample_batches)
     if not tasks:
         return {}
