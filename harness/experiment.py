@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.config_loader import (
-    Document, Keys, build_dataclass, check_keys, coerce, construct, describe, dotted,
+    Document, Keys, build_dataclass, check_keys, coerce, describe, dotted,
     field_types, load_document, parse_override, split_dotted, to_plain,
 )
 from harness.errors import UserError, closest
@@ -440,4 +440,4 @@ def load_experiment(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 __all__ = ["ExperimentConfig", "DataSpec", "ModelSpec", "MatchSpec", "SweepSpec", "SpeedSpec",
-           "RunnerSpec", "load_experiment", "construct", "CODECS"]
+           "RunnerSpec", "load_experiment", "CODECS"]
