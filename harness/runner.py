@@ -160,6 +160,9 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
                 status = _run_locked(cell, context, root, announce=lambda c=cell, e=estimate:
                                      _say(f"→ {c.name} ({c.kind}, est {e})"))
                 finish(cell, status, time.perf_counter() - start)
+        except KeyboardInterrupt:
+            rebuild_shared_files(root, summary_cells, summary_weights)  # record what finished
+            raise
         finally:
             torch.set_num_threads(previous)
         return failed, elsewhere
