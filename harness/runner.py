@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import atomic, locks
-from harness.cells import CellContext, read_rows, read_status, run_cell
+from harness.cells import CellContext, read_rows, read_status, run_cell, write_status
 from harness.results_folder import (SUMMARY_COLUMNS, _pick, cell_dir, check_resumable,
                                     default_results_dir, rebuild_shared_files, summary_row)
 from harness.errors import UserError
@@ -228,9 +228,13 @@ def _run_cells_distributed(pending, context, root: Path, summary_cells,
         lock = None
         if info.is_main:
             lock = locks.CellLock(cell_dir(root, cell.name), root)
-            run = lock.acquire() and read_status(cell_dir(root, cell.name)).get("status") != "done"
+            previous = read_status(cell_dir(root, cell.name))
+            run = lock.acquire() and previous.get("status") != "done"
             if not run and lock.acquired:
                 lock.release()
+            if run:  # before the broadcast, so no rank can read a stale "failed" below
+                write_status(cell_dir(root, cell.name), "running",
+                             wall_s=previous.get("wall_s"))
             decision = [run]
         dist.broadcast_object_list(decision, src=0)
         if not decision[0]:

@@ -251,3 +251,20 @@ def test_parallel_jobs_give_the_same_results_as_one_job(tmp_path, data_dir):
         pick = lambda rows: [r["value"] for r in rows  # noqa: E731
                              if r["metric"] in ("test_bits_per_dim", "iw_bits_per_dim")]
         assert pick(one) == pick(two)
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_cells_and_rank0_writes(tmp_path, data_dir):
+    path = write_experiment(tmp_path, data_dir, steps=4, every=2)
+    results = tmp_path / "r"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    process = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "harness", "run", str(path), "--results", str(results)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert process.stdout.count("tiny: 3 cells") == 1  # only rank 0 prints the plan
+    with open(results / "summary.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["done"] * 3
+    for name in ("vdvae_g01_s0", "vdvae_g05_s0"):
+        assert train_steps(results / "cells" / name) == [1, 2, 3, 4]  # one writer
