@@ -14,14 +14,20 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
+# pip here warns about every package missing from the machine's local mirrors: noise, not errors.
+pip_install() {
+    pip install --quiet --disable-pip-version-check "$@" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 if ! python -c "import torch" 2>/dev/null; then
     echo "setup: installing $TORCH_SPEC" >&2
-    pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
+    pip_install "$TORCH_SPEC"
 fi
 if ! python -c "import harness, pytest_benchmark, seaborn, PIL" 2>/dev/null \
         || [ pyproject.toml -nt .venv/.harness-installed ]; then
     echo "setup: installing the harness and its dependencies" >&2
-    pip install --quiet --disable-pip-version-check -e ".[dev]"
+    pip_install -e ".[dev]"
     touch .venv/.harness-installed
 fi
 
