@@ -186,7 +186,7 @@ def _speed_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict],
                                                     generator=generator, **kwargs)
             row = {"metric": "sample_images_per_s", "value": rate, "method": method,
                    "batch_size": batch_size, "image_size": height, "repeats": repeats,
-                   "image_channels": channels, "weights": "untrained"}
+                   "image_channels": channels}  # untrained weights: speed does not need more
             if "temperature" in kwargs:
                 row["temperature"] = kwargs["temperature"]
             rows.append(row)
