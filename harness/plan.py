@@ -40,6 +40,8 @@ class Probe:
     train_step_s: float | None = None       # one optimiser step at the train batch size
     forward_s_per_image: float | None = None  # inference forward, per image, at eval batch
     pass_s: dict = field(default_factory=dict)  # batch -> one inference forward of that batch
+    naive_s: dict = field(default_factory=dict)  # batch -> one naive sample call (extrapolated)
+    cached_s: dict = field(default_factory=dict)  # batch -> one cached sample call (extrapolated)
 
 
 @dataclass
@@ -107,7 +109,8 @@ def _timed(fn, threads: int) -> float:
 
 
 def _probe_one(family: str, config: Any, batch: int, eval_batch: int, steps: int,
-               sample_batches: tuple[int, ...], threads: int) -> Probe:
+               sample_batches: tuple[int, ...], naive_batches: tuple[int, ...],
+               threads: int) -> Probe:
     import torch
 
     from models import registry
@@ -138,7 +141,34 @@ def _probe_one(family: str, config: Any, batch: int, eval_batch: int, steps: int
         for b in sample_batches:
             one = images[:1].expand(b, -1, -1, -1).contiguous()
             probe.pass_s[b] = _timed(lambda: model.loss(one), threads)
+            if _is_autoregressive(family) and hasattr(config, "image_size"):
+                if b in naive_batches:
+                    probe.naive_s[b] = _sample_call_s(family, config, b, "naive", threads)
+                probe.cached_s[b] = _sample_call_s(family, config, b, "cached", threads)
     return probe
+
+
+def _sample_call_s(family: str, config: Any, batch: int, method: str, threads: int) -> float:
+    """Seconds of one autoregressive sample call at full size, extrapolated from the same
+    architecture sampled at 4×4 and 8×8: a call makes S²·C steps, each costing a + b·S² (a fixed
+    per-step overhead plus work over the S×S canvas; an upper bound for the cached sampler, whose
+    steps touch a few rows); two sizes give a and b."""
+    import torch
+
+    from models import registry
+
+    per_step = {}
+    for size in (4, 8):
+        torch.manual_seed(0)
+        small = registry.build_model(family, dataclasses.replace(config, image_size=size)).eval()
+        channels = small.image_shape[0]
+        small.sample(batch, method=method)  # warm-up
+        seconds = _timed(lambda m=small: m.sample(batch, method=method), threads)
+        per_step[size] = seconds / (size * size * channels)
+    slope = max(0.0, (per_step[8] - per_step[4]) / (64 - 16))
+    base = max(0.0, per_step[4] - slope * 16)
+    size = config.image_size
+    return size * size * channels * (base + slope * size * size)
 
 
 def _probe_all(tasks: list[tuple], threads: int) -> list[Probe]:
@@ -223,11 +253,14 @@ def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
             continue
         if cell.kind == "speed":
             sample_batches = tuple(sorted(set(speed.batch_sizes) | set(speed.naive_batch_sizes)))
+            naive_batches = tuple(speed.naive_batch_sizes)
         else:
             sample_batches = tuple(b for b in (cell.eval.sample_batch_size,
                                                cell.eval.n_grid_samples) if b)
+            naive_batches = (cell.eval.sample_batch_size,)
         tasks[group] = (cell.family, cell.model_config, batch, _eval_batch(cell),
-                        probe_steps if cell.kind == "train" else 0, sample_batches)
+                        probe_steps if cell.kind == "train" else 0, sample_batches,
+                        naive_batches)
     if not tasks:
         return {}
     group_list, task_list = list(tasks), list(tasks.values())
@@ -249,6 +282,9 @@ def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
                 setattr(merged, name, sum(values) / len(values) if values else None)
             merged.pass_s = {b: sum(s.pass_s[b] for s in samples) / len(samples)
                              for b in merged.pass_s}
+            for name in ("naive_s", "cached_s"):
+                setattr(merged, name, {b: sum(getattr(s, name)[b] for s in samples) / len(samples)
+                                       for b in getattr(merged, name)})
             results.append(merged)
     probes: dict[str, Probe] = {}
     for group, probe in zip(group_list, results):
@@ -284,7 +320,12 @@ def estimate_cell(cell, probe: Probe | None, experiment, n_train: int | None,
         if not autoregressive:
             return b * forward_s
         if method == "naive":
-            return dims * pass_s(b)
+            if probe is not None and b in probe.naive_s:
+                return probe.naive_s[b]
+            return dims * pass_s(b)  # an upper bound: a loss pass evaluates the output head
+            # at every pixel, the naive sampler at one
+        if probe is not None and b in probe.cached_s:
+            return probe.cached_s[b]
         return dims * pass_s(b) / CACHED_SPEEDUP
 
     seconds = OVERHEAD_S[cell.kind]
