@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value by dotted key (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    run.add_argument("--jobs", type=int, default=1, metavar="N",
-                     help="run N cells in parallel processes (default 1)")
+    run.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="run N cells in parallel processes (default: the file's runner.jobs)")
     run.set_defaults(func=_cmd_run)
 
     report = sub.add_parser("report", help="rebuild tables, figures and PDF from a results folder")

@@ -302,9 +302,8 @@ def print_plan(experiment, plan, cells, root: Path | None, statuses: dict[str, s
 
 
 def _jobs_and_threads(experiment, jobs: int | None) -> tuple[int, int]:
-    # The CLI's --jobs defaults to 1, so 1 (or None) means "as the experiment file says";
-    # `--set runner.jobs=1` forces a single job.
-    chosen = experiment.runner.jobs if jobs in (None, 1) else int(jobs)
+    # None (no --jobs given) means "as the experiment file says"; an explicit --jobs wins.
+    chosen = experiment.runner.jobs if jobs is None else int(jobs)
     if chosen < 1:
         raise UserError(f"--jobs must be >= 1, got {chosen}")
     threads = experiment.runner.threads_per_job or max(1, available_cores() // chosen)
@@ -359,7 +358,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     if info.enabled:
         if jobs != 1:
             raise UserError(f"under torchrun ({info.world_size} processes) cells run one at a "
-                            "time on all ranks; use --set runner.jobs=1")
+                            "time on all ranks; use --jobs 1")
         import torch
 
         distributed.setup("cuda" if torch.cuda.is_available() else "cpu")
