@@ -53,6 +53,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic.write_json(target, {"x": 2})
     assert json.loads(target.read_text()) == {"x": 2}
     assert os.listdir(target.parent) == ["a.json"]  # no temporary files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it
 
 
 def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
