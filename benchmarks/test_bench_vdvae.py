@@ -5,6 +5,12 @@ CPU: one step = forward, backward and an AdamW update at batch 8, float32, 2 thr
 the step once. Reported in `extra_info`: images_per_s (from the median round), forward FLOPs per
 image (torch.utils.flop_counter, counted on the meta device so it costs no compute), and the
 achieved training GFLOP/s taking backward as twice the forward.
+
+The same run also times a 4096² float32 matmul with the same threads: the machine's dense float32
+ceiling under the same load (like nanoGPT's `estimate_mfu`, against a measured peak instead of a
+datasheet one). `ceiling_images_per_s` is the rate a step would reach if every FLOP ran at that
+speed, an upper bound no float32 implementation of this architecture can pass on this machine;
+`fraction_of_sgemm_peak` is how close we are.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from models.vdvae import PRESETS, VDVAE, VDVAEConfig
 
 BATCH = 8
 THREADS = 2
+# Issue 3's figure for the public reference code on a 2-core machine like ours. It is above what
+# this machine can do in float32 (ceiling_images_per_s, ~2.1 at an idle moment): reported beside
+# our rate for comparison, not asserted.
+TARGET_IMAGES_PER_S = 2.0
 
 
 @pytest.fixture
@@ -28,6 +38,18 @@ def two_threads():
     torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
+
+
+def sgemm_gflops_per_s(size: int = 4096, repeats: int = 5) -> float:
+    """Best of `repeats` float32 matmuls of two size×size matrices, in GFLOP/s (2·size³ each)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up: thread pool and MKL buffers
+    best_s = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best_s = min(best_s, time.perf_counter() - start)
+    return 2 * size ** 3 / best_s / 1e9
 
 
 def forward_flops_per_image(config: VDVAEConfig) -> int:
@@ -63,12 +85,19 @@ def test_bench_vdvae_cifar10_train_step(benchmark, two_threads):
         assert loss == loss  # not NaN
     step_s = statistics.median(wall_s[-3:])
     flops = forward_flops_per_image(config)
+    train_gflops_per_s = 3 * flops * BATCH / step_s / 1e9
+    # ~5 s of matmuls; only worth it when the figures are shown (timed mode)
+    peak_gflops_per_s = float("nan") if benchmark.disabled else sgemm_gflops_per_s()
     benchmark.extra_info.update({
         "preset": "cifar10", "batch": BATCH, "threads": THREADS, "dtype": "float32",
         "params": sum(p.numel() for p in model.parameters()),
         "images_per_s": BATCH / step_s,
         "step_wall_s": step_s,
         "forward_flops_per_image": flops,
-        "train_gflops_per_s": 3 * flops * BATCH / step_s / 1e9,
+        "train_gflops_per_s": train_gflops_per_s,
+        "sgemm_peak_gflops_per_s": peak_gflops_per_s,
+        "fraction_of_sgemm_peak": train_gflops_per_s / peak_gflops_per_s,
+        "ceiling_images_per_s": peak_gflops_per_s * 1e9 / (3 * flops),
+        "target_images_per_s": TARGET_IMAGES_PER_S,
     })
     assert flops > 0
