@@ -40,8 +40,8 @@ PRESETS: dict[str, dict] = {
                    "256x2,512m256,1024m512",
         input_unit_interval=True, input_shift=-0.4387, input_scale=1.0 / 0.2743),
     # The CPU prototype of spec/cpu-scale.md (Fashion-MNIST, 14 top-down blocks): 403,188
-    # parameters with the spec's architecture (the prototype reported 402,735; no layer string
-    # of this shape reaches that number, see the report of this preset's commit).
+    # parameters in the reference layout. The prototype reported 402,735 = ours less the 5 unused
+    # grey-image DMOL coefficient channels (5 × 65) and less the decoder's gain and bias (2 × 64).
     # Input statistics: Fashion-MNIST pixel mean 72.94 and std 90.0 (0..255).
     "fmnist_400k": dict(
         width=64, zdim=16, num_mixtures=5, image_size=28, image_channels=1,
