@@ -21,7 +21,7 @@ import time
 import pytest
 import torch
 
-from harness import throughput
+from harness.engine import throughput
 from models.vdvae import PRESETS, VDVAE, VDVAEConfig
 
 BATCH = 8

@@ -7,7 +7,6 @@ file, never a partial one, even after SIGKILL or power loss.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import tempfile
@@ -63,15 +62,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """`torch.save` through `atomic_open` (torch is imported lazily: data code need not load it)."""
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes(path, buffer.getvalue())
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:

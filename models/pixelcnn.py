@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import likelihoods
-from models.registry import register_family
+from models import likelihoods, pixelcnn_sampling, registry
+from models.pixelcnn_ops import N_VALUES, gate, images_to_input
 
-N_VALUES = 256  # 8-bit sub-pixels: 256 classes per softmax
 OUTPUTS = ("softmax", "dmol")
 
 
@@ -218,12 +217,6 @@ class CausalConv2d(nn.Conv2d):
         return F.conv2d(x, self.masked_weight(), self.bias)
 
 
-def gate(pre: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """tanh(f) ⊙ σ(g) over the two halves of `pre` along `dim` (Section 2.1, equation 2)."""
-    f, g = pre.chunk(2, dim=dim)
-    return torch.tanh(f) * torch.sigmoid(g)
-
-
 class GatedLayer(nn.Module):
     """One gated layer: both stacks, the vertical → horizontal link, residual and skip."""
 
@@ -284,12 +277,6 @@ class OutputHead(nn.Module):
         return self.out(F.relu(self.hidden(F.relu(skips))))
 
 
-def images_to_input(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 values → floats in [-1, 1] (x / 127.5 - 1), the network input and DMOL target."""
-    return images.to(dtype) / 127.5 - 1.0
-
-
-@register_family("pixelcnn", GatedPixelCNNConfig, PRESETS)
 class GatedPixelCNN(nn.Module):
     """Gated PixelCNN; `model(x)` maps images in [-1, 1] to the output distribution's parameters."""
 
@@ -338,6 +325,13 @@ class GatedPixelCNN(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n uint8 images (n, C, H, W). `method`: "naive" (a full network pass per sub-pixel) or
         "cached" (Ramachandran et al. 2017); both return the same images for the same generator."""
-        from models import pixelcnn_sampling
-
         return pixelcnn_sampling.sample(self, n, method=method, generator=generator)
+
+
+FAMILY = registry.register(registry.Family(
+    name="pixelcnn", config_cls=GatedPixelCNNConfig, model_cls=GatedPixelCNN, presets=PRESETS,
+    image_shape=lambda c: (c.image_channels, c.image_size, c.image_size),
+    samplers=(registry.Sampler("naive", {"method": "naive"}),
+              registry.Sampler("cached", {"method": "cached"})),
+    autoregressive=True, size_field="channels", solve_size=channels_for_param_budget,
+    resize=lambda c, size: dataclasses.replace(c, image_size=size)))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models import likelihoods
-from models.pixelcnn import N_VALUES, gate, images_to_input
+from models.pixelcnn_ops import N_VALUES, gate, images_to_input
 
 
 def sample(model, n: int, method: str = "cached",

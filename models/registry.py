@@ -1,45 +1,135 @@
-"""Name-keyed registry of model families.
+"""The model interface: one `Family` record per model family, in a name-keyed registry.
 
-A family registers its frozen config dataclass and its `nn.Module` class with `@register_family`.
-The harness builds models only through `build_model(family, **config_fields)` and talks to them
-through this interface, shared by every family:
+The harness talks to every family through its `Family` alone and inspects nothing else (no
+signatures, no `hasattr`). A family module ends with `register(Family(...))`; a test can register a
+toy family the same way. What a family declares:
 
-* `model.config`: the frozen dataclass it was built from.
-* `model.loss(images)`: images uint8 (N, C, H, W) -> dict of tensors; always contains
-  `loss_nats_per_dim` (N,), the per-image objective that training minimises and evaluation
-  reports (negative ELBO for VAEs, exact NLL for autoregressive models). Other (N,) or (N, L)
-  entries (e.g. `distortion_nats_per_dim`, `kl_nats_per_layer`) are logged and evaluated too.
-* `model.sample(n, generator=None, **kwargs)`: uint8 images (n, C, H, W).
-* `model.image_shape`: (C, H, W).
-* `PRESETS[family][name]`: dict of config fields for the family's named presets.
+* `config_cls` (a frozen dataclass) and `presets` (name -> config fields);
+* `model_cls(config)`, an `nn.Module` with
+  - `loss(images)`: uint8 (N, C, H, W) -> dict of tensors, always with `loss_nats_per_dim` (N,),
+    the per-image objective training minimises and evaluation reports (negative ELBO for a VAE,
+    exact NLL for an autoregressive model); other (N,) `*_nats_per_dim` and (N, L)
+    `*_nats_per_layer` entries are evaluated too;
+  - `sample(n, generator=None, **sampler.kwargs)`: uint8 images (n, C, H, W);
+* `image_shape(config)`: (C, H, W) of the images the config models;
+* `samplers`: how the family samples (the rows' `method`), e.g. VAE `ancestral` at a temperature,
+  autoregressive `naive` and `cached`; `autoregressive` when a sample call runs the network once
+  per sub-pixel;
+* `size_field` and `solve_size(target_params, **other_fields) -> value`: what `match:` solves;
+* `effective_depth(config)`: G of a hierarchical VAE (None for other families);
+* `resize(config, size)`: the config at another image size (for the plan's sampling estimate);
+* optional capabilities, declared: `IW_NLL` (`model.iw_nll_bits_per_dim(images, k,
+  chunk_size=)`), `KL_PER_LAYER` (a `kl_nats_per_layer` loss entry), `ACTIVE_UNITS`
+  (`model.posterior_means(images)`: list of (N, zdim, R, R)).
 
-Errors here are `ValueError`s with the valid names; the harness turns them into user errors.
+Lookup errors are `ValueError`s listing the valid names; the harness turns them into user errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-FAMILIES: dict[str, tuple[type, type]] = {}
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
+IW_NLL = "iw_nll"
+KL_PER_LAYER = "kl_per_layer"
+ACTIVE_UNITS = "active_units"
+CAPABILITIES = (IW_NLL, KL_PER_LAYER, ACTIVE_UNITS)
 
 
-def register_family(name: str, config_cls: type, presets: dict[str, dict[str, Any]] | None = None):
-    """Class decorator: `@register_family("vdvae", VDVAEConfig, PRESETS)` on the model class."""
-    assert dataclasses.is_dataclass(config_cls), config_cls
+@dataclass(frozen=True)
+class Sampler:
+    """One way a family samples: `method` names it in the rows, `kwargs` go to `model.sample`;
+    `temperature` says whether `kwargs` holds a temperature that a speed cell may set."""
 
-    def decorate(model_cls: type) -> type:
-        FAMILIES[name] = (config_cls, model_cls)
-        PRESETS[name] = dict(presets or {})
-        return model_cls
+    method: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    temperature: bool = False
 
-    return decorate
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_cls: type
+    model_cls: type
+    image_shape: Callable[[Any], tuple[int, int, int]]
+    samplers: tuple[Sampler, ...]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    autoregressive: bool = False
+    size_field: str | None = None
+    solve_size: Callable[..., int] | None = None
+    effective_depth: Callable[[Any], int | None] = lambda config: None
+    capabilities: frozenset[str] = frozenset()
+    # The same architecture at another image size (the plan times an autoregressive sampler at
+    # 4×4 and 8×8 and extrapolates); None: the plan uses an upper bound instead.
+    resize: Callable[[Any, int], Any] | None = None
+
+    def __post_init__(self):
+        assert dataclasses.is_dataclass(self.config_cls), self.config_cls
+        assert self.samplers, f"family {self.name} declares no sampler"
+        assert (self.size_field is None) == (self.solve_size is None), self.name
+        unknown = set(self.capabilities) - set(CAPABILITIES)
+        assert not unknown, (self.name, unknown)
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def sampler(self, method: str) -> Sampler:
+        for sampler in self.samplers:
+            if sampler.method == method:
+                return sampler
+        raise _unknown(f"{self.name} sampler", method, [s.method for s in self.samplers])
+
+    def config_fields(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.config_cls) if f.init]
+
+    def preset(self, name: str) -> dict[str, Any]:
+        if name not in self.presets:
+            raise _unknown(f"{self.name} preset", name, self.presets)
+        return dict(self.presets[name])
+
+    def build_config(self, preset: str | None = None, **overrides: Any):
+        """Config dataclass from an optional preset plus field overrides."""
+        fields = self.preset(preset) if preset else {}
+        valid = set(self.config_fields())
+        for key in overrides:
+            if key not in valid:
+                raise _unknown(f"{self.name} config field", key, valid)
+        fields.update(overrides)
+        return self.config_cls(**fields)
+
+    def build_model(self, config):
+        assert isinstance(config, self.config_cls), (type(config), self.config_cls)
+        return self.model_cls(config)
+
+    def count_params(self, config) -> int:
+        """Parameters of the model `config` builds, without allocating weights (meta device)."""
+        import torch
+
+        try:
+            with torch.device("meta"):
+                model = self.build_model(config)
+        except Exception:  # noqa: BLE001 - a constructor that needs real tensors: build it
+            model = self.build_model(config)
+        return count_parameters(model)
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    FAMILIES[family.name] = family
+    return family
+
+
+def unregister(name: str) -> None:
+    FAMILIES.pop(name, None)
 
 
 def _ensure_loaded() -> None:
-    # Importing the family modules runs their decorators.
+    # Importing the family modules registers them.
     import models.pixelcnn  # noqa: F401
     import models.vdvae  # noqa: F401
 
@@ -51,45 +141,25 @@ def _unknown(kind: str, name: str, choices) -> ValueError:
     return ValueError(f"unknown {kind} '{name}'.{did_you_mean} Valid: {', '.join(choices)}")
 
 
-def family(name: str) -> tuple[type, type]:
-    """(config class, model class) of a family."""
+def get(name: str) -> Family:
+    """The family registered under `name`."""
     _ensure_loaded()
     if name not in FAMILIES:
         raise _unknown("model family", name, FAMILIES)
     return FAMILIES[name]
 
 
-def config_fields(name: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(family(name)[0])]
-
-
-def preset(family_name: str, preset_name: str) -> dict[str, Any]:
-    family(family_name)
-    presets = PRESETS[family_name]
-    if preset_name not in presets:
-        raise _unknown(f"{family_name} preset", preset_name, presets)
-    return dict(presets[preset_name])
-
-
-def build_config(family_name: str, preset_name: str | None = None, **overrides: Any):
-    """Config dataclass from an optional preset plus field overrides."""
-    config_cls, _ = family(family_name)
-    fields = preset(family_name, preset_name) if preset_name else {}
-    valid = set(config_fields(family_name))
-    for key in overrides:
-        if key not in valid:
-            raise _unknown(f"{family_name} config field", key, valid)
-    fields.update(overrides)
-    return config_cls(**fields)
+def names() -> list[str]:
+    _ensure_loaded()
+    return sorted(FAMILIES)
 
 
 def build_model(family_name: str, config=None, /, **fields: Any):
-    """Build a model from a config dataclass, or from keyword fields (with optional `preset=`)."""
-    config_cls, model_cls = family(family_name)
+    """A model from a config dataclass, or from keyword fields (with optional `preset=`)."""
+    family = get(family_name)
     if config is None:
-        config = build_config(family_name, fields.pop("preset", None), **fields)
-    assert isinstance(config, config_cls), (type(config), config_cls)
-    return model_cls(config)
+        config = family.build_config(fields.pop("preset", None), **fields)
+    return family.build_model(config)
 
 
 def count_parameters(model) -> int:

@@ -28,7 +28,7 @@ import torch.nn as nn
 from models.likelihoods import (dmol_grid_to_uint8, dmol_nats_per_dim, dmol_sample,
                                 gaussian_kl, gaussian_log_density, nats_to_bits,
                                 uint8_to_dmol_target)
-from models.registry import register_family
+from models import registry
 from models.vdvae_blocks import Decoder, Encoder, Gaussian
 from models.vdvae_config import VDVAEConfig, parameter_count, width_for_param_budget
 from models.vdvae_presets import PRESETS
@@ -41,7 +41,6 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-@register_family("vdvae", VDVAEConfig, PRESETS)
 class VDVAE(nn.Module):
     """`model(images, noise=None)` -> dict of (N,) `elbo_nats_per_dim`, `distortion_nats_per_dim`,
     `rate_nats_per_dim` and (N, L) `kl_nats_per_layer` (nats per image, per top-down block)."""
@@ -293,3 +292,12 @@ class VDVAE(nn.Module):
                 f"[{show(missing)}], unexpected {len(unexpected)} [{show(unexpected)}], "
                 f"mis-shaped {len(mis_shaped)} [{show(mis_shaped)}]; check the preset/config")
         self.load_state_dict(state_dict, strict=True)
+
+
+FAMILY = registry.register(registry.Family(
+    name="vdvae", config_cls=VDVAEConfig, model_cls=VDVAE, presets=PRESETS,
+    image_shape=lambda c: (c.image_channels, c.image_size, c.image_size),
+    samplers=(registry.Sampler("ancestral", {"temperature": 1.0}, temperature=True),),
+    size_field="width", solve_size=width_for_param_budget,
+    effective_depth=lambda c: c.effective_depth or c.n_top_down,
+    capabilities=frozenset({registry.IW_NLL, registry.KL_PER_LAYER, registry.ACTIVE_UNITS})))

@@ -16,7 +16,7 @@ import torch
 from train_worker import run
 
 from harness import atomic
-from harness.checkpoint import (capture_rng_state, list_checkpoints, load_latest_checkpoint,
+from harness.engine.checkpoint import (capture_rng_state, list_checkpoints, load_latest_checkpoint,
                                 read_checkpoint, restore_rng_state, save_checkpoint)
 
 WORKER = Path(__file__).resolve().parent / "train_worker.py"
@@ -117,7 +117,8 @@ def test_resuming_into_a_different_model_is_a_user_error(tmp_path):
     from tiny_models import TinyConfig, TinyConvModel, realish_images
 
     from harness.errors import UserError
-    from harness.train import TrainConfig, train
+    from harness.engine.config import TrainConfig
+    from harness.engine.train import train
 
     config = TrainConfig(batch_size=4, max_steps=2, device="cpu", progress="off")
     train(TinyConvModel(TinyConfig(width=8)), realish_images(8), config, tmp_path)

@@ -1,11 +1,11 @@
-"""Codec reference rows: per-image PNG / WebP-lossless bits/dim (harness.codecs)."""
+"""Codec reference rows: per-image PNG / WebP-lossless bits/dim (harness.engine.codecs)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from harness import codecs
+from harness.engine import codecs
 
 
 def _noise(n, c, size, seed=0):

@@ -12,7 +12,7 @@ import torch
 from train_worker import run
 
 from harness import atomic
-from harness.distributed import DistInfo, env_info, local_slice
+from harness.engine.distributed import DistInfo, env_info, local_slice
 from harness.errors import UserError
 
 WORKER = Path(__file__).resolve().parent / "train_worker.py"

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import TinyAutoregressive, TinyConfig, TinyVAE, realish_images
+from tiny_models import (TINY_AUTOREGRESSIVE, TINY_VAE, TinyAutoregressive, TinyConfig, TinyVAE,
+                         realish_images)
 
 from harness.errors import UserError
-from harness.evaluate import EvalConfig, evaluate, image_grid
+from harness.engine.config import EvalConfig
+from harness.engine.evaluate import evaluate, image_grid
 from models.likelihoods import nats_to_bits
 
 FAST = dict(batch_size=5, sample_batch_size=4, sample_repeats=2, sample_warmup=1,
@@ -33,7 +35,8 @@ def test_every_test_image_is_scored_when_n_is_not_a_batch_multiple(tmp_path):
     torch.manual_seed(0)
     model = TinyAutoregressive(TinyConfig(noise_std=0.0)).eval()
     images = realish_images(23)
-    rows = evaluate({"raw": model}, images, EvalConfig(weights=("raw",), **FAST), tmp_path)
+    rows = evaluate({"raw": model}, TINY_AUTOREGRESSIVE, images,
+                    EvalConfig(weights=("raw",), **FAST), tmp_path)
     per_image = np.load(tmp_path / "per_image_test_bits_per_dim_raw.npy")
     assert per_image.dtype == np.float64 and per_image.shape == (23,)
     with torch.no_grad():
@@ -49,7 +52,8 @@ def test_every_test_image_is_scored_when_n_is_not_a_batch_multiple(tmp_path):
 def test_autoregressive_rows_costs_and_samples(tmp_path):
     torch.manual_seed(0)
     raw, ema = TinyAutoregressive().eval(), TinyAutoregressive().eval()
-    rows = evaluate({"raw": raw, "ema": ema}, realish_images(12), EvalConfig(**FAST), tmp_path)
+    rows = evaluate({"raw": raw, "ema": ema}, TINY_AUTOREGRESSIVE, realish_images(12),
+                    EvalConfig(**FAST), tmp_path)
     assert {r["weights"] for r in _rows(rows, "test_bits_per_dim")} == {"raw", "ema"}
     assert _one(rows, "params") == sum(p.numel() for p in raw.parameters())
     # Conv 1->8 3x3 and 8->256 1x1 on 8x8: 2·MACs per image.
@@ -72,7 +76,7 @@ def test_vae_terms_active_units_and_iw_bound(tmp_path):
         model.posteriors[1].weight.zero_()
     images = realish_images(17)
     config = EvalConfig(weights=("ema",), iw_k=4, iw_max_images=7, iw_chunk_size=3, **FAST)
-    rows = evaluate({"ema": model}, images, config, tmp_path)
+    rows = evaluate({"ema": model}, TINY_VAE, images, config, tmp_path)
     total = _one(rows, "test_bits_per_dim", weights="ema")
     distortion = _one(rows, "distortion_bits_per_dim", weights="ema")
     rate = _one(rows, "rate_bits_per_dim", weights="ema")
@@ -105,13 +109,13 @@ def test_common_random_numbers_and_caller_rng_untouched(tmp_path):
                         sample_warmup=0, batch_size=4)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    evaluate({"raw": model}, images, config, tmp_path / "a")
+    evaluate({"raw": model}, TINY_VAE, images, config, tmp_path / "a")
     assert torch.equal(torch.get_rng_state(), before)
-    evaluate({"raw": model}, images, config, tmp_path / "b")
+    evaluate({"raw": model}, TINY_VAE, images, config, tmp_path / "b")
     first = np.load(tmp_path / "a" / "per_image_test_bits_per_dim_raw.npy")
     second = np.load(tmp_path / "b" / "per_image_test_bits_per_dim_raw.npy")
     assert np.array_equal(first, second)
-    evaluate({"raw": model}, images, EvalConfig(**{**config.__dict__, "noise_seed": 1}),
+    evaluate({"raw": model}, TINY_VAE, images, EvalConfig(**{**config.__dict__, "noise_seed": 1}),
              tmp_path / "c")
     third = np.load(tmp_path / "c" / "per_image_test_bits_per_dim_raw.npy")
     assert not np.array_equal(first, third)
@@ -119,7 +123,7 @@ def test_common_random_numbers_and_caller_rng_untouched(tmp_path):
 
 def test_missing_weights_and_bad_config():
     with pytest.raises(UserError, match="eval.weights"):
-        evaluate({"raw": TinyVAE()}, realish_images(3), EvalConfig(), "unused")
+        evaluate({"raw": TinyVAE()}, TINY_VAE, realish_images(3), EvalConfig(), "unused")
     with pytest.raises(ValueError, match=r"eval\.batch_size"):
         EvalConfig(batch_size=0)
     with pytest.raises(ValueError, match=r"eval\.weights"):
@@ -152,7 +156,7 @@ class _SleepySampler(torch.nn.Module):
 
 
 def test_sampling_throughput_is_the_median_after_warmup():
-    from harness.throughput import peak_memory_bytes, sampling_images_per_s
+    from harness.engine.throughput import peak_memory_bytes, sampling_images_per_s
 
     rate = sampling_images_per_s(_SleepySampler(), batch_size=6, repeats=3, warmup=1)
     assert rate == pytest.approx(6 / 0.03, rel=0.25)
@@ -173,7 +177,7 @@ class _BiasAsInput(torch.nn.Module):
 
 
 def test_flops_count_works_inside_inference_mode_with_trainable_parameters():
-    from harness.throughput import flops_per_image
+    from harness.engine.throughput import flops_per_image
 
     model = _BiasAsInput()  # built outside inference mode, as evaluate's models are
     with torch.inference_mode():  # evaluate() runs everything inside inference mode
@@ -184,7 +188,7 @@ def test_flops_count_works_inside_inference_mode_with_trainable_parameters():
 def test_default_batch_size_is_chosen_by_device_and_active_units_can_be_bounded(tmp_path):
     config = EvalConfig(weights=("raw",), flops=False, n_grid_samples=0, sample_repeats=1,
                         sample_warmup=0, active_units_max_images=5)
-    rows = evaluate({"raw": TinyVAE().eval()}, realish_images(9), config, tmp_path)
+    rows = evaluate({"raw": TinyVAE().eval()}, TINY_VAE, realish_images(9), config, tmp_path)
     assert _rows(rows, "eval_images_per_s")[0]["batch_size"] == 32  # CPU
     assert {r["n_images"] for r in _rows(rows, "active_units")} == {5}
     assert _rows(rows, "test_bits_per_dim")[0]["n_images"] == 9

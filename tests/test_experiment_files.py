@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from data_fixtures import cifar_batches, data_root, write_cifar_dir, write_idx_dataset  # noqa: F401
-from harness.experiment import load_experiment
-from harness.runner import run_experiment
+from harness.experiment.load import load_experiment
+from harness.run.runner import run_experiment
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 NAMES = [p.stem for p in EXPERIMENTS]

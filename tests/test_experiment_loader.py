@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.experiment import load_experiment
+from harness.experiment.load import load_experiment
 
 GOLDEN = Path(__file__).parent / "golden"
 

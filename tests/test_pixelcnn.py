@@ -258,10 +258,13 @@ def test_dmol_needs_no_channel_groups():
 
 
 def test_registered_with_presets_and_interface():
-    config_cls, model_cls = registry.FAMILIES["pixelcnn"]
+    family = registry.get("pixelcnn")
+    config_cls, model_cls = family.config_cls, family.model_cls
     assert (config_cls, model_cls) == (GatedPixelCNNConfig, GatedPixelCNN)
-    assert set(registry.PRESETS["pixelcnn"]) >= {"imagenet32", "cifar10", "cpu_mnist",
-                                                 "cpu_cifar", "tiny"}
+    assert set(family.presets) >= {"imagenet32", "cifar10", "cpu_mnist", "cpu_cifar", "tiny"}
+    assert family.autoregressive and [s.method for s in family.samplers] == ["naive", "cached"]
+    assert not family.capabilities  # exact likelihood: no IW bound, no latents
+    assert family.image_shape(config_cls(**PRESETS["cpu_mnist"])) == (1, 28, 28)
     model = model_cls(config_cls(**PRESETS["cpu_mnist"]))
     assert model.image_shape == (1, 28, 28)
     assert dataclasses.is_dataclass(model.config)

@@ -1,4 +1,4 @@
-"""Per-cell locks (harness.locks): exclusive claims, stale locks of dead holders reclaimed."""
+"""Per-cell locks (harness.run.locks): exclusive claims, stale locks of dead holders reclaimed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 
-from harness import locks
+from harness.run import locks
 
 
 def _dead_pid() -> int:

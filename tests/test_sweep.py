@@ -1,4 +1,4 @@
-"""Sweep expansion (harness.sweep): cell counts, stable names, precedence, parameter matching."""
+"""Sweep expansion (harness.experiment.sweep): cell counts, stable names, precedence, parameter matching."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.experiment import load_experiment
-from harness.sweep import count_params, safe_name
+from harness.experiment.load import load_experiment
+from harness.experiment.sweep import safe_name
 from models import registry
 
 DEPTHS = """\
@@ -111,7 +111,7 @@ def test_vdvae_width_for_a_parameter_budget(tmp_path):
     """
     cell = _load(tmp_path, text).cells[0]
     assert cell.match["field"] == "width" and cell.model_config.width == cell.match["value"]
-    assert abs(count_params("vdvae", cell.model_config) - 210_000) / 210_000 < 0.05
+    assert abs(registry.get("vdvae").count_params(cell.model_config) - 210_000) / 210_000 < 0.05
 
 
 def test_unreachable_budget_is_a_user_error(tmp_path):

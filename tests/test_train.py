@@ -10,10 +10,11 @@ import torch
 from tiny_models import TinyConfig, TinyConvModel, realish_images
 
 from harness import atomic
-from harness.checkpoint import read_checkpoint
+from harness.engine.checkpoint import read_checkpoint
 from harness.errors import UserError
-from harness.schedule import EMA, lr_at_update
-from harness.train import TrainConfig, epoch_permutation, train
+from harness.engine.schedule import EMA, lr_at_update
+from harness.engine.config import TrainConfig
+from harness.engine.train import epoch_permutation, train
 
 TRAIN_ROW_KEYS = {"type", "step", "epoch", "images_seen", "loss_bits_per_dim", "lr", "grad_norm",
                   "skipped_updates_total", "images_per_s", "wall_s"}

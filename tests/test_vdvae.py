@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from models.likelihoods import nats_to_bits
-from models.registry import FAMILIES
-from models.registry import PRESETS as REGISTERED_PRESETS
+from models import registry
 from models.vdvae import PRESETS, VDVAE, VDVAEConfig, parameter_count, width_for_param_budget
 
 PUBLISHED_PARAMS = {"cifar10": 39_145_700, "imagenet32": 119_280_868, "imagenet64": 125_005_860,
@@ -103,8 +102,15 @@ def test_grey_dmol_coefficient_channels_are_unused():
 
 
 def test_registered_with_the_registry():
-    assert FAMILIES["vdvae"] == (VDVAEConfig, VDVAE)
-    assert set(REGISTERED_PRESETS["vdvae"]) == set(PRESETS)
+    family = registry.get("vdvae")
+    assert (family.config_cls, family.model_cls) == (VDVAEConfig, VDVAE)
+    assert set(family.presets) == set(PRESETS)
+    assert family.can(registry.IW_NLL) and family.can(registry.ACTIVE_UNITS)
+    assert family.size_field == "width" and not family.autoregressive
+    config = VDVAEConfig(**PRESETS["fmnist_400k"], effective_depth=7)
+    assert family.effective_depth(config) == 7
+    assert family.effective_depth(VDVAEConfig(**PRESETS["fmnist_400k"])) == config.n_top_down
+    assert family.image_shape(config) == VDVAE(config).image_shape
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import registry
 from models.likelihoods import categorical_nats_per_dim, gaussian_kl, nats_to_bits
 
 
@@ -160,3 +161,22 @@ def realish_images(n: int, channels: int = 1, size: int = 8, seed: int = 0) -> t
     noise = torch.rand(n, channels, size // 2, size // 2, generator=generator)
     blobs = F.interpolate(noise, size=size, mode="bilinear", align_corners=False)
     return (blobs.clamp(0, 1) ** 2 * 255).round().to(torch.uint8)
+
+
+# The families these stand-ins belong to: declared as a real family declares itself
+# (models.registry), but not registered, so the registry's names stay pixelcnn and vdvae.
+def _shape(config: TinyConfig) -> tuple[int, int, int]:
+    return (config.channels, config.size, config.size)
+
+
+TINY_CONV = registry.Family(name="tiny_conv", config_cls=TinyConfig, model_cls=TinyConvModel,
+                            image_shape=_shape, samplers=(registry.Sampler("default"),))
+TINY_AUTOREGRESSIVE = registry.Family(
+    name="tiny_autoregressive", config_cls=TinyConfig, model_cls=TinyAutoregressive,
+    image_shape=_shape, autoregressive=True,
+    samplers=(registry.Sampler("naive", {"method": "naive"}),
+              registry.Sampler("cached", {"method": "cached"})))
+TINY_VAE = registry.Family(
+    name="tiny_vae", config_cls=TinyConfig, model_cls=TinyVAE, image_shape=_shape,
+    samplers=(registry.Sampler("ancestral", {"temperature": 1.0}, temperature=True),),
+    capabilities=frozenset({registry.IW_NLL, registry.KL_PER_LAYER, registry.ACTIVE_UNITS}))

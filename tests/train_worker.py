@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny_models import TinyConfig, TinyConvModel, realish_images  # noqa: E402
 
-from harness import distributed  # noqa: E402
-from harness.train import TrainConfig, train  # noqa: E402
+from harness.engine import distributed  # noqa: E402
+from harness.engine.config import TrainConfig  # noqa: E402
+from harness.engine.train import train  # noqa: E402
 
 
 def worker_config(max_steps: int, **overrides) -> TrainConfig:

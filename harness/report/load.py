@@ -15,23 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from harness.atomic import read_jsonl
+from harness.contract import (
+    DEFAULT_SUMMARY_WEIGHTS, METRIC_COLUMNS, METRIC_TEXT_COLUMNS, SUMMARY_COLUMNS,
+    SUMMARY_TEXT_COLUMNS, summary_row,
+)
 from harness.errors import UserError
 
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "cell", "model", "dataset", "effective_depth", "seed", "params", "test_bits_per_dim",
-    "test_bits_per_dim_ci95", "weights", "test_bits_per_dim_ema", "iw_bits_per_dim", "iw_k",
-    "train_images_per_s", "sample_images_per_s", "sample_images_per_s_cached",
-    "flops_per_image", "steps", "wall_s", "status", "error",
-)
-_SUMMARY_TEXT = {"cell", "model", "dataset", "weights", "status", "error"}
-
-METRIC_COLUMNS: tuple[str, ...] = (
-    "experiment", "cell", "model", "dataset", "metric", "value", "split", "weights", "layer", "k",
-    "method", "batch_size", "image_size", "temperature", "effective_depth", "seed", "params",
-)
-_METRIC_TEXT = {"experiment", "cell", "model", "dataset", "metric", "split", "weights", "method"}
+_SUMMARY_TEXT = SUMMARY_TEXT_COLUMNS
+_METRIC_TEXT = METRIC_TEXT_COLUMNS
 
 # A name that is safe as one path component (cells/<cell>/, reports/<experiment>.pdf).
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
@@ -183,53 +177,40 @@ def _read_cell(root: Path, name: str, notes: list[str]) -> CellFiles:
     return files
 
 
-def _summary_from_metrics(metrics: pd.DataFrame, cells: dict[str, CellFiles]) -> pd.DataFrame:
+def _summary_from_metrics(metrics: pd.DataFrame, cells: dict[str, CellFiles],
+                          summary_weights: str) -> pd.DataFrame:
     """A summary when summary.csv is absent (a run still in progress): one row per cell from
-    the tidy rows and status.json; raw weights preferred for `test_bits_per_dim`."""
+    the tidy rows and status.json, made by the contract's `summary_row` as the runner makes it."""
     rows = []
     names = list(dict.fromkeys(list(metrics["cell"].dropna()) + list(cells)))
     for name in names:
-        own = metrics[metrics["cell"] == name]
-        row: dict = {"cell": name}
-        for key in ("model", "dataset", "effective_depth", "seed", "params"):
-            values = own[key].dropna()
-            row[key] = values.iloc[0] if len(values) else None
-        status = cells[name].status if name in cells else {}
-        row["status"] = status.get("status")
-        row["error"] = status.get("error")
-        row["wall_s"] = status.get("wall_s")
-
-        def pick(metric: str, weights: str | None = None, own=own):
-            chosen = own[(own["metric"] == metric) & (own["split"].isin(["test"])
-                                                     | own["split"].isna())]
-            if weights is not None:
-                chosen = chosen[chosen["weights"] == weights]
-            return chosen["value"].iloc[-1] if len(chosen) else None
-
-        has_weights = own[own["metric"] == "test_bits_per_dim"]["weights"].dropna()
-        weights = "raw" if "raw" in set(has_weights) else (
-            has_weights.iloc[0] if len(has_weights) else None)
-        row["weights"] = weights
-        row["test_bits_per_dim"] = pick("test_bits_per_dim", weights)
-        row["test_bits_per_dim_ci95"] = pick("test_bits_per_dim_ci95", weights)
-        row["test_bits_per_dim_ema"] = pick("test_bits_per_dim", "ema")
-        iw = own[own["metric"] == "iw_bits_per_dim"]
-        if len(iw):
-            best = iw.sort_values("k").iloc[-1]
-            row["iw_bits_per_dim"], row["iw_k"] = best["value"], best["k"]
-        row["flops_per_image"] = pick("flops_per_image")
-        row["train_images_per_s"] = pick("train_images_per_s")
-        for method, column in (("ancestral", "sample_images_per_s"),
-                               ("naive", "sample_images_per_s"),
-                               ("cached", "sample_images_per_s_cached")):
-            sampled = own[(own["metric"] == "sample_images_per_s") & (own["method"] == method)]
-            if len(sampled):
-                row[column] = sampled.sort_values("batch_size")["value"].iloc[-1]
-        log = cells[name].train_log if name in cells else pd.DataFrame()
-        if "step" in log.columns and len(log):
-            row["steps"] = pd.to_numeric(log["step"], errors="coerce").max()
-        rows.append(row)
+        own = [{k: v for k, v in row.items() if not _missing(v)}
+               for row in metrics[metrics["cell"] == name].to_dict("records")]
+        files = cells.get(name)
+        config = files.config if files else {}
+        cell = {"name": name, **{key: config[key] for key in ("kind", "family")
+                                 if isinstance(config.get(key), str)}}
+        rows.append(summary_row(cell, own, files.status if files else {}, summary_weights))
     return _typed(pd.DataFrame(rows), SUMMARY_COLUMNS, _SUMMARY_TEXT)
+
+
+def _summary_weights(root: Path, notes: list[str]) -> str:
+    """runner.summary_weights of the experiment as loaded (experiment.yaml), else the default."""
+    record = _read_yaml(root / "experiment.yaml", notes)
+    runner = record.get("runner") if isinstance(record.get("runner"), dict) else {}
+    weights = runner.get("summary_weights")
+    return weights if weights in ("raw", "ema") else DEFAULT_SUMMARY_WEIGHTS
+
+
+def _read_yaml(path: Path, notes: list[str]) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception as error:  # noqa: BLE001 - a bad record copy must not block a report
+        notes.append(f"{path.name} unreadable ({type(error).__name__}); ignored")
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _experiment_name(root: Path, metrics: pd.DataFrame, notes: list[str]) -> str:
@@ -237,17 +218,7 @@ def _experiment_name(root: Path, metrics: pd.DataFrame, notes: list[str]) -> str
     candidates: list[object] = []
     plan = _read_json(root / "plan.json", notes, root)
     candidates += [plan.get("experiment"), plan.get("name")]
-    yaml_path = root / "experiment.yaml"
-    if yaml_path.is_file():
-        try:
-            import yaml
-
-            loaded = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                candidates.append(loaded.get("name"))
-        except Exception as error:  # noqa: BLE001 - a bad record copy must not block a report
-            notes.append(f"experiment.yaml unreadable ({type(error).__name__}); name not "
-                         "taken from it")
+    candidates.append(_read_yaml(root / "experiment.yaml", notes).get("name"))
     names = metrics["experiment"].dropna().unique() if len(metrics) else []
     if len(names) == 1:
         candidates.append(names[0])
@@ -288,7 +259,7 @@ def load_results(root: Path) -> Results:
         if not len(metrics) and not cell_dirs:
             raise _no_results(root)
         notes.append("summary.csv missing: summary rebuilt from metrics.jsonl and status.json")
-        summary = _summary_from_metrics(metrics, cells)
+        summary = _summary_from_metrics(metrics, cells, _summary_weights(root, notes))
     if not len(summary):
         raise _no_results(root)
     # Sampling-speed cells record dataset "none": they belong to no dataset's comparisons.
@@ -327,7 +298,7 @@ def _flatten(value) -> str:
 
 
 def _describe(key: str, value) -> str:
-    """One readable line per provenance field; dicts as written by harness.provenance."""
+    """One readable line per provenance field; dicts as written by harness.run.provenance."""
     if key == "git" and isinstance(value, dict) and "commit" in value:
         commit = str(value.get("commit") or "unknown")[:12]
         return commit + (" (uncommitted changes)" if value.get("dirty") else "")

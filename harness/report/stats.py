@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.contract import ci95
 from harness.report.load import Results
-
-Z95 = 1.96
 
 
 @dataclass(frozen=True)
@@ -39,10 +38,9 @@ def paired_difference(shallow: np.ndarray, deep: np.ndarray) -> PairedDifference
     n = shallow.shape[0]
     assert n >= 1
     diff = shallow - deep  # (N,)
-    sd = float(np.std(diff, ddof=1)) if n > 1 else math.nan
     return PairedDifference(
         mean_bits_per_dim=float(diff.mean()),
-        ci95_bits_per_dim=Z95 * sd / math.sqrt(n),
+        ci95_bits_per_dim=ci95(diff) if n > 1 else math.nan,
         fraction_deeper_better=float(np.mean(deep < shallow)),
         n_images=n,
     )

@@ -17,14 +17,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.checks import Mismatch, convert, describe, field_types
 from harness.errors import UserError, closest
 
 Keys = tuple  # a path into the document: ("models", "vdvae", "sweep", "grid", "effective_depth")
@@ -39,22 +38,6 @@ def split_dotted(key: str) -> Keys:
     if not key or any(not part for part in parts):
         raise UserError(f"malformed key '{key}': expected dotted names like 'train.steps'")
     return tuple(int(p) if p.isdigit() else p for p in parts)
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """" — did you mean 'x'?" or ". Valid keys: a, b" when nothing is close."""
-    choices = sorted(set(choices))
-    hint = closest(name, choices)
-    if hint is not None:
-        return f" — did you mean '{hint}'?"
-    return f". Valid keys: {', '.join(choices)}" if choices else ""
-
-
-def describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{text} ({type(value).__name__})"
 
 
 # --------------------------------------------------------------------------- reading YAML
@@ -206,130 +189,17 @@ def parse_override(text: str) -> tuple[Keys, Any]:
 # --------------------------------------------------------------------------- typed building
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if tp is bool:
-        return "true or false"
-    if tp is str:
-        return "a string"
-    if tp is type(None):
-        return "null"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(arm) for arm in typing.get_args(tp))
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (tuple, list) or tp in (tuple, list):
-        args = typing.get_args(tp)
-        if not args:
-            return "a list"
-        return f"a list, each item {_type_name(args[0])}"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-class _Mismatch(Exception):
-    pass
-
-
 def coerce(value: Any, tp: Any, doc: Document, keys: Keys) -> Any:
-    """Check `value` against the annotation `tp`; return it converted (list → tuple, int → float).
+    """Check `value` against the annotation `tp` (harness.checks: type, range, allowed values);
+    return it converted (list → tuple, int → float). A `UserError` names where it came from."""
+    def build(cls: type, mapping: dict, suffix: tuple) -> Any:
+        return build_dataclass(cls, mapping, doc, keys + suffix)
 
-    Raises a `UserError` naming where the value came from.
-    """
     try:
-        return _coerce(value, tp, doc, keys)
-    except _Mismatch:
-        raise UserError(f"{doc.where(keys)}: '{dotted(keys)}' must be {_type_name(tp)}, "
-                        f"got {describe(value)}") from None
-
-
-def _coerce(value: Any, tp: Any, doc: Document, keys: Keys) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any or tp is object:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _Mismatch
-        for arm in args:
-            if arm is type(None):
-                continue
-            try:
-                return _coerce(value, arm, doc, keys)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-            return int(value)  # 1e6 is a float in YAML; accept it where an integer is meant
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
-            return float(value)  # YAML 1.1 reads `1e-3` and `2.0e9` (no sign) as strings
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin is typing.Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise _Mismatch
-    if origin in (tuple, list) or tp in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        if not args:
-            items = list(value)
-        elif origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise _Mismatch
-            items = [coerce(v, a, doc, keys + (i,)) for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            items = [coerce(v, args[0], doc, keys + (i,)) for i, v in enumerate(value)]
-        return tuple(items) if (origin is tuple or tp is tuple) else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        if len(args) == 2:
-            return {coerce(k, args[0], doc, keys): coerce(v, args[1], doc, keys + (k,))
-                    for k, v in value.items()}
-        return dict(value)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise _Mismatch
-        return build_dataclass(tp, value, doc, keys)
-    return value  # an annotation we do not check (e.g. a callable): accept as given
-
-
-def field_types(cls: type) -> dict[str, Any]:
-    """Resolved annotations of a dataclass's fields (handles `from __future__ import annotations`)."""
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # an annotation that cannot be resolved: check nothing for it
-        hints = {}
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+        return convert(value, tp, build)
+    except Mismatch as error:
+        where = keys + error.suffix
+        raise UserError(f"{doc.where(where)}: '{dotted(where)}' {error}") from None
 
 
 def required_fields(cls: type) -> list[str]:
@@ -374,38 +244,30 @@ def build_dataclass(cls: type, mapping: Any, doc: Document, keys: Keys, **extra:
     return construct(cls, kwargs, doc, keys, list(mapping))
 
 
-_FIELD_PREFIX = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*)\s*(?:=|:)")
+# A message that starts with a field name: `zdim: must be ...`, `max_steps must be ...`,
+# `Config.channels=...`; group 1 is the field, group 2 what follows the name (and its `:`/`=`).
+_FIELD_PREFIX = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*)(?:\s*[:=]\s*|\s+(?=must\b))(.*)$",
+                           re.S)
 
 
 def construct(cls: type, kwargs: dict, doc: Document, keys: Keys,
               named: Iterable[str] | Mapping[str, Keys] = ()) -> Any:
     """`cls(**kwargs)`, with a `ValueError`/`TypeError` from `__post_init__` as a `UserError`.
 
-    A message that starts with a field name (`zdim: ...`, `train.lr = ...`,
-    `Config.channels=...`) is attributed to where that field was set: `named` maps field names
-    to their key paths (or lists fields set directly under `keys`); otherwise to `keys`.
+    A message that starts with a field name is attributed to where that field was set (`named`
+    maps field names to their key paths, or lists fields set directly under `keys`) and says the
+    key once: `file:line: 'train.max_steps' must be ...`. Otherwise it goes to `keys`:
+    `file:line: invalid 'models.x.match': ...`.
     """
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as error:
         message = str(error)
         paths = dict(named) if isinstance(named, Mapping) else {n: keys + (n,) for n in named}
-        where_keys = keys
         match = _FIELD_PREFIX.match(message)
-        if match and match.group(1) in paths:
-            where_keys = tuple(paths[match.group(1)])
-        raise UserError(f"{doc.where(where_keys)}: invalid '{dotted(where_keys) or cls.__name__}': "
+        if match and (match.group(1) in paths or match.group(1) in field_types(cls)):
+            where_keys = tuple(paths.get(match.group(1), keys + (match.group(1),)))
+            raise UserError(f"{doc.where(where_keys)}: '{dotted(where_keys)}' "
+                            f"{match.group(2)}") from None
+        raise UserError(f"{doc.where(keys)}: invalid '{dotted(keys) or cls.__name__}': "
                         f"{message}") from None
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses/tuples/paths → JSON- and YAML-friendly dicts, lists and scalars."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -8,15 +8,17 @@ over EVERY test image (the last partial batch included; the reference's `drop_la
   autoregressive model, i.e. the model's `loss_nats_per_dim` in bits;
 * every other per-image `*_nats_per_dim` entry of the loss dict in bits (a VAE's
   `distortion_bits_per_dim`, `rate_bits_per_dim`) and every (N, L) `*_nats_per_layer` entry
-  (nats per image and layer) per layer in bits per dim (`kl_bits_per_dim` with `layer`);
+  (nats per image and layer) per layer in bits per dim (`kl_bits_per_dim` with `layer`), for
+  families declaring KL_PER_LAYER;
 * `active_units` (Burda et al. 2016, Section 5.2: Cov_x(E_q[z]) > threshold), total and per
-  layer, for models with `posterior_means`;
-* `iw_bits_per_dim` with `k` on the first `iw_max_images` images, for models with
-  `iw_nll_bits_per_dim` (Burda et al. 2016, Eq. 8);
+  layer, for families declaring ACTIVE_UNITS;
+* `iw_bits_per_dim` with `k` on the first `iw_max_images` images, for families declaring IW_NLL
+  (Burda et al. 2016, Eq. 8);
 
-and once per call: `params`, `flops_per_image`, `sample_images_per_s` for each sampler
-(`ancestral` for models whose `sample` takes a temperature, each of `sample_methods` for models
-whose `sample` takes a `method`), and a sample grid `samples.png`.
+and once per call: `params`, `flops_per_image`, `sample_images_per_s` for each of the family's
+declared samplers (an autoregressive family's only as `sample_methods` lists them), and a sample
+grid `samples.png`. What a family can do comes from its `models.registry.Family`, never from
+inspecting the model.
 
 Common random numbers: the posterior noise of the batch starting at image i is seeded from
 (noise_seed, i), so models evaluated with the same noise seed and batch size see the same noise
@@ -25,11 +27,9 @@ per image, and per-image differences between two cells are paired.
 
 from __future__ import annotations
 
-import inspect
 import io
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,68 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness import atomic, distributed, throughput
+from harness import atomic
+from harness.contract import ci95
+from harness.engine import distributed, throughput
+from harness.engine.config import EvalConfig
 from harness.errors import UserError
+from models import registry
 from models.likelihoods import nats_to_bits
-from models.registry import count_parameters
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """The experiment YAML's `eval:` section. `iw_k` 0 skips the importance-weighted bound;
-    `iw_max_images` None evaluates it on every test image (its cost is k forward passes per
-    image); `iw_chunk_size` is the number of the k samples per decoder pass (see `iw_pass`).
-
-    `batch_size` None picks 512 on a GPU and 32 on a CPU: on a CPU large batches are slower per
-    image (1 thread, shared 2-core machine: PixelCNN cpu_mnist 990 images/s at 32, 465 at 64;
-    VDVAE fmnist_400k ~115 at 8-48, 52 at 500), as big activations spill the caches and are
-    allocated afresh by the kernel. `active_units_max_images` bounds the extra encoder/decoder
-    pass that active units need (None = every test image). Paired comparisons need the same
-    batch size (and noise seed) for every model: posterior noise is seeded per batch."""
-
-    batch_size: int | None = None
-    weights: tuple[str, ...] = ("raw", "ema")
-    iw_k: int = 0
-    iw_max_images: int | None = 1000
-    iw_chunk_size: int = 16
-    noise_seed: int = 0
-    sample_batch_size: int = 16
-    sample_repeats: int = 3
-    sample_warmup: int = 1
-    sample_methods: tuple[str, ...] = ("naive", "cached")
-    n_grid_samples: int = 64
-    flops: bool = True
-    active_unit_threshold: float = 0.01
-    active_units_max_images: int | None = None
-
-    def __post_init__(self):
-        def bad(name: str, expectation: str):
-            raise ValueError(f"eval.{name} = {getattr(self, name)!r}: {expectation}")
-
-        optional = ("batch_size", "iw_max_images", "active_units_max_images")
-        for name in ("iw_chunk_size", "sample_batch_size", "sample_repeats") + optional:
-            value = getattr(self, name)
-            if value is None and name in optional:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(name, "must be a whole number >= 1" + (", or null" if name in optional else ""))
-        for name in ("iw_k", "noise_seed", "sample_warmup", "n_grid_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(name, "must be a whole number >= 0")
-        for name in ("weights", "sample_methods"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                bad(name, "must be a list of names")
-            object.__setattr__(self, name, tuple(value))
-        if not self.weights:
-            bad("weights", "name at least one of raw, ema")
-        if not isinstance(self.flops, bool):
-            bad("flops", "must be true or false")
-        if isinstance(self.active_unit_threshold, bool) or not isinstance(
-                self.active_unit_threshold, (int, float)) or self.active_unit_threshold < 0:
-            bad("active_unit_threshold", "must be a number >= 0")
-        object.__setattr__(self, "active_unit_threshold", float(self.active_unit_threshold))
 
 
 def as_image_set(images: Any, what: str = "images"):
@@ -117,13 +62,6 @@ def as_image_set(images: Any, what: str = "images"):
 
 def _batch_seed(noise_seed: int, first_image: int) -> int:
     return int(np.random.SeedSequence([noise_seed, first_image]).generate_state(1)[0])
-
-
-def ci95(values: np.ndarray) -> float:
-    """Half-width of the normal 95% confidence interval of the mean: 1.96 · sd / √N."""
-    if values.size < 2:
-        return 0.0
-    return float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
 
 
 @torch.no_grad()
@@ -211,34 +149,27 @@ def active_units(model: nn.Module, images, batch_size: int, noise_seed: int,
 
 def iw_pass(model: nn.Module, images, k: int, chunk_size: int, batch_size: int,
             noise_seed: int) -> np.ndarray:
-    """Per-image importance-weighted NLL bound (bits/dim, float64) with k samples.
-
-    A model whose `iw_nll_bits_per_dim` takes `chunk_size` (samples per decoder pass) gets
-    `chunk_size`, and batch_size // chunk_size images per call, so that one decoder pass holds
-    about `batch_size` images; otherwise `chunk_size` images go through one call.
-    """
+    """Per-image importance-weighted NLL bound (bits/dim, float64) with k samples, for a family
+    with the IW_NLL capability: `chunk_size` of the k samples per decoder pass, and
+    batch_size // chunk_size images per call, so that one decoder pass holds about `batch_size`
+    images."""
     device = throughput.model_device(model)
-    kwargs, per_call = {}, chunk_size
-    if "chunk_size" in inspect.signature(model.iw_nll_bits_per_dim).parameters:
-        kwargs, per_call = {"chunk_size": chunk_size}, max(1, batch_size // chunk_size)
+    per_call = max(1, batch_size // chunk_size)
     values = np.empty(images.shape[0], dtype=np.float64)
     for first in range(0, images.shape[0], per_call):
         batch = images[first:first + per_call].to(device)
         torch.manual_seed(_batch_seed(noise_seed + 1, first))
-        values[first:first + batch.shape[0]] = \
-            model.iw_nll_bits_per_dim(batch, k, **kwargs).double().cpu().numpy()
+        values[first:first + batch.shape[0]] = model.iw_nll_bits_per_dim(
+            batch, k, chunk_size=chunk_size).double().cpu().numpy()
     return values
 
 
-def sampler_settings(model: nn.Module, methods: tuple[str, ...]) -> list[tuple[str, dict]]:
-    """(method label, sample kwargs) for each way this model samples, from its signature:
-    `method=` (autoregressive: naive / cached), `temperature=` (VAE: ancestral at t = 1)."""
-    parameters = inspect.signature(model.sample).parameters
-    if "method" in parameters:
-        return [(method, {"method": method}) for method in methods]
-    if "temperature" in parameters:
-        return [("ancestral", {"temperature": 1.0})]
-    return [("default", {})]
+def samplers(family: registry.Family, methods: tuple[str, ...]) -> list[registry.Sampler]:
+    """The samplers to time: an autoregressive family's that `methods` names (naive, cached),
+    every sampler of any other family (a VAE's ancestral sampler)."""
+    if not family.autoregressive:
+        return list(family.samplers)
+    return [s for s in family.samplers if s.method in methods]
 
 
 def image_grid(images: torch.Tensor, pad: int = 2) -> np.ndarray:
@@ -270,15 +201,9 @@ def save_npy(array: np.ndarray, path: Path) -> None:
     atomic.write_bytes(path, buffer.getvalue())
 
 
-def resolved_batch_size(config: EvalConfig, device: torch.device) -> int:
-    if config.batch_size is not None:
-        return config.batch_size
-    return 512 if device.type == "cuda" else 32
-
-
-def _weights_rows(name: str, model: nn.Module, images, config: EvalConfig,
-                  out_dir: Path) -> list[dict[str, Any]]:
-    batch_size = resolved_batch_size(config, throughput.model_device(model))
+def _weights_rows(name: str, model: nn.Module, family: registry.Family, images,
+                  config: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
+    batch_size = config.batch_size_on(throughput.model_device(model).type)
     arrays, images_per_s = likelihood_pass(model, images, batch_size, config.noise_seed)
     if "loss_nats_per_dim" not in arrays:
         raise UserError(f"model {type(model).__name__}.loss returned no (N,) "
@@ -298,12 +223,13 @@ def _weights_rows(name: str, model: nn.Module, images, config: EvalConfig,
         if values.ndim == 1 and key.endswith("_nats_per_dim"):
             rows.append({"metric": key[:-len("_nats_per_dim")] + "_bits_per_dim",
                          "value": float(nats_to_bits(values).mean()), **base})
-        elif values.ndim == 2 and key.endswith("_nats_per_layer"):
+        elif values.ndim == 2 and key.endswith("_nats_per_layer") \
+                and family.can(registry.KL_PER_LAYER):
             # (N, L) nats per image and layer (VDVAE's kl_nats_per_layer) -> bits per dim.
             metric = key[:-len("_nats_per_layer")] + "_bits_per_dim"
             for layer, value in enumerate(nats_to_bits(values / dims).mean(axis=0)):
                 rows.append({"metric": metric, "value": float(value), "layer": layer, **base})
-    if hasattr(model, "posterior_means"):
+    if family.can(registry.ACTIVE_UNITS):
         n_au = n if config.active_units_max_images is None else \
             min(n, config.active_units_max_images)
         counts = active_units(model, images if n_au == n else images[:n_au], batch_size,
@@ -314,7 +240,7 @@ def _weights_rows(name: str, model: nn.Module, images, config: EvalConfig,
         for layer, (active, total) in enumerate(counts):
             rows.append({"metric": "active_units", "value": active, "layer": layer,
                          "units": total, **context})
-    if config.iw_k > 0 and hasattr(model, "iw_nll_bits_per_dim"):
+    if config.iw_k > 0 and family.can(registry.IW_NLL):
         n_iw = n if config.iw_max_images is None else min(n, config.iw_max_images)
         subset = images if n_iw == n else images[:n_iw]
         iw = iw_pass(model, subset, config.iw_k, config.iw_chunk_size, batch_size,
@@ -326,41 +252,45 @@ def _weights_rows(name: str, model: nn.Module, images, config: EvalConfig,
     return rows
 
 
-def _cost_rows(model: nn.Module, images: torch.Tensor, config: EvalConfig,
-               out_dir: Path) -> list[dict[str, Any]]:
+def _cost_rows(model: nn.Module, family: registry.Family, images: torch.Tensor,
+               config: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
     device = throughput.model_device(model)
-    rows: list[dict[str, Any]] = [{"metric": "params", "value": count_parameters(model)}]
+    rows: list[dict[str, Any]] = [{"metric": "params",
+                                   "value": registry.count_parameters(model)}]
     if config.flops:
         torch.manual_seed(config.noise_seed)
         rows.append({"metric": "flops_per_image",
                      "value": throughput.flops_per_image(model, images[:1])})
     image_size = int(images.shape[-1])
-    settings = sampler_settings(model, config.sample_methods)
-    for method, kwargs in settings:
+    chosen = samplers(family, config.sample_methods)
+    for sampler in chosen:
         generator = torch.Generator(device=device).manual_seed(config.noise_seed)
         rate = throughput.sampling_images_per_s(model, config.sample_batch_size,
                                                 config.sample_repeats, config.sample_warmup,
-                                                generator=generator, **kwargs)
-        row = {"metric": "sample_images_per_s", "value": rate, "method": method,
+                                                generator=generator, **sampler.kwargs)
+        row = {"metric": "sample_images_per_s", "value": rate, "method": sampler.method,
                "batch_size": config.sample_batch_size, "image_size": image_size,
                "repeats": config.sample_repeats}
-        if "temperature" in kwargs:
-            row["temperature"] = kwargs["temperature"]
+        if sampler.temperature:
+            row["temperature"] = sampler.kwargs["temperature"]
         rows.append(row)
-    if config.n_grid_samples:
+    if config.n_grid_samples and chosen:
         # The fastest sampler draws the grid (the cached one of an autoregressive model).
-        method, kwargs = next(((m, k) for m, k in settings if m == "cached"), settings[0])
+        grid_sampler = next((s for s in chosen if s.method == "cached"), chosen[0])
         generator = torch.Generator(device=device).manual_seed(config.noise_seed)
-        samples = model.sample(config.n_grid_samples, generator=generator, **kwargs)
+        samples = model.sample(config.n_grid_samples, generator=generator,
+                               **grid_sampler.kwargs)
         assert samples.dtype == torch.uint8 and samples.shape[1:] == images.shape[1:], \
             (samples.dtype, samples.shape)
         save_png(image_grid(samples), out_dir / "samples.png")
     return rows
 
 
-def evaluate(models: dict[str, nn.Module], test_images, config: EvalConfig,
-             out_dir: Path) -> list[dict[str, Any]]:
-    """Evaluate each of `config.weights` (keys of `models`: "raw", "ema") on every test image.
+def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
+             config: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """Evaluate each of `config.weights` (keys of `models`: "raw", "ema", models of `family`) on
+    every test image; what beyond bits/dim is measured follows the family's declared
+    capabilities and samplers (models.registry).
 
     test_images: uint8 (N, C, H, W) tensor or array, in test-split order (possibly memory-mapped;
     only one batch at a time is read). Writes `out_dir/per_image_test_bits_per_dim_<weights>.npy`
@@ -383,7 +313,7 @@ def evaluate(models: dict[str, nn.Module], test_images, config: EvalConfig,
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
         for name, model in chosen.items():
             model.eval()
-            rows += _weights_rows(name, model, test_images, config, out_dir)
-        sampler = chosen.get("ema", next(iter(chosen.values())))
-        rows += _cost_rows(sampler, test_images, config, out_dir)
+            rows += _weights_rows(name, model, family, test_images, config, out_dir)
+        sampling_model = chosen.get("ema", next(iter(chosen.values())))
+        rows += _cost_rows(sampling_model, family, test_images, config, out_dir)
     return rows

@@ -13,57 +13,19 @@ the budget from another model's base config (its preset and `config:`, no sweep 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from harness.config_loader import Keys, construct, describe, dotted
+from harness.checks import describe
+from harness.engine.config import EvalConfig, TrainConfig
 from harness.errors import UserError
+from harness.experiment.schema import Cell, ExperimentConfig, ModelSpec
+from harness.experiment.yaml_loader import Document, Keys, construct, dotted
+from models import registry
 
-# family -> (name of the budget solver in models.<family>, the config field it solves)
-BUDGET_SOLVERS = {"vdvae": ("width_for_param_budget", "width"),
-                  "pixelcnn": ("channels_for_param_budget", "channels")}
-MATCHED_FIELD = {family: solver[1] for family, solver in BUDGET_SOLVERS.items()}
 SHORT_NAMES = {"effective_depth": "g", "seed": "s"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]+")
-
-
-@dataclass(frozen=True)
-class Cell:
-    name: str
-    kind: str                  # "train" | "speed" | "codec"
-    model: str                 # the model's name in the file, or the codec ("png")
-    family: str                # "vdvae" | "pixelcnn" | "codec": the rows' `model` column
-    seed: int = 0
-    point: dict = field(default_factory=dict)     # swept key -> value (what makes it this cell)
-    model_config: Any = None   # the family's frozen config dataclass
-    train: Any = None          # harness.train.TrainConfig
-    eval: Any = None           # harness.evaluate.EvalConfig
-    params: int | None = None
-    match: dict | None = None  # {"field", "value", "target_params", "params"} when matched
-
-    @property
-    def effective_depth(self) -> int | None:
-        """G for a VDVAE (its `effective_depth`, or L when that is None); None otherwise."""
-        config = self.model_config
-        if config is None or not hasattr(config, "effective_depth"):
-            return None
-        if config.effective_depth is not None:
-            return int(config.effective_depth)
-        return int(getattr(config, "n_top_down", 0)) or None
-
-    def record(self) -> dict:
-        """Plain-data description for plan.json and config.json."""
-        from harness.config_loader import to_plain
-
-        return {"name": self.name, "kind": self.kind, "model": self.model,
-                "family": self.family, "seed": self.seed, "point": to_plain(self.point),
-                "effective_depth": self.effective_depth, "params": self.params,
-                "match": self.match,
-                "model_config": to_plain(self.model_config), "train": to_plain(self.train),
-                "eval": to_plain(self.eval)}
 
 
 def safe_name(name: str) -> str:
@@ -114,68 +76,44 @@ def _init_fields(obj: Any) -> dict:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
 
 
-def count_params(family: str, config: Any) -> int:
-    """Parameters of the model a config builds, without allocating its weights (meta device)."""
-    import torch
-
-    from models import registry
-
-    try:
-        with torch.device("meta"):
-            model = registry.build_model(family, config)
-    except Exception:  # a family whose constructor needs real tensors: build it for real
-        model = registry.build_model(family, config)
-    return registry.count_parameters(model)
-
-
 class _Expander:
-    def __init__(self, experiment):
-        from harness.experiment import eval_config_class, train_config_class
-
+    def __init__(self, experiment: ExperimentConfig, doc: Document, override_keys: frozenset):
         self.experiment = experiment
-        self.doc = experiment.document
-        self.overrides = experiment.override_keys
-        self.train_cls = train_config_class()
-        self.eval_cls = eval_config_class()
+        self.doc = doc
+        self.overrides = override_keys
         self._params_cache: dict[tuple, int] = {}
 
     # ----------------------------------------------------------------- model configs
 
-    def base_fields(self, spec) -> dict:
-        from models import registry
-
-        fields = registry.preset(spec.family, spec.preset) if spec.preset else {}
+    def base_fields(self, spec: ModelSpec) -> dict:
+        fields = registry.get(spec.family).preset(spec.preset) if spec.preset else {}
         fields.update(spec.config)
         return fields
 
     def field_paths(self, spec, point_paths: dict | None = None) -> dict:
         """Where each model config field was set: preset < config < match < sweep point."""
-        from models import registry
-
+        family = registry.get(spec.family)
         model: Keys = ("models", spec.name)
         paths: dict = {}
         if spec.preset:
-            paths.update({f: model + ("preset",) for f in registry.preset(spec.family,
-                                                                          spec.preset)})
+            paths.update({f: model + ("preset",) for f in family.preset(spec.preset)})
         paths.update({f: model + ("config", f) for f in spec.config})
-        if spec.match is not None:
-            paths[MATCHED_FIELD.get(spec.family, "")] = model + ("match",)
+        if spec.match is not None and family.size_field is not None:
+            paths[family.size_field] = model + ("match",)
         paths.update({k: v for k, v in (point_paths or {}).items() if "." not in k})
         return paths
 
-    def build_config(self, spec, fields: dict, paths: dict):
-        from models import registry
-
-        config_cls, _ = registry.family(spec.family)
+    def build_config(self, spec: ModelSpec, fields: dict, paths: dict):
+        config_cls = registry.get(spec.family).config_cls
         return construct(config_cls, fields, self.doc, ("models", spec.name), paths)
 
     def params_of(self, family: str, config: Any) -> int:
         key = (family, repr(config))
         if key not in self._params_cache:
-            self._params_cache[key] = count_params(family, config)
+            self._params_cache[key] = registry.get(family).count_params(config)
         return self._params_cache[key]
 
-    def solve_match(self, spec, fields: dict) -> tuple[dict, dict]:
+    def solve_match(self, spec: ModelSpec, fields: dict) -> tuple[dict, dict]:
         match = spec.match
         keys = ("models", spec.name, "match")
         if match.params is not None:
@@ -187,13 +125,11 @@ class _Expander:
                 other_fields, _ = self.solve_match(other, other_fields)
             other_config = self.build_config(other, other_fields, self.field_paths(other))
             target = self.params_of(other.family, other_config)
-        solver_name, field_name = BUDGET_SOLVERS.get(spec.family, (None, None))
-        if solver_name is None:
-            raise UserError(f"{self.doc.where(keys)}: family '{spec.family}' has no parameter "
-                            f"budget solver; 'match' works for {', '.join(BUDGET_SOLVERS)}")
-        solver = getattr(importlib.import_module(f"models.{spec.family}"), solver_name)
+        family = registry.get(spec.family)
+        field_name = family.size_field  # the loader refused `match` for a family without one
+        assert field_name is not None and family.solve_size is not None, spec.family
         try:
-            value = solver(target, **{k: v for k, v in fields.items() if k != field_name})
+            value = family.solve_size(target, **{k: v for k, v in fields.items() if k != field_name})
         except (ValueError, TypeError) as error:
             raise UserError(f"{self.doc.where(keys)}: cannot match {target:,} parameters for "
                             f"model '{spec.name}': {error}") from None
@@ -210,7 +146,7 @@ class _Expander:
 
     # ----------------------------------------------------------------- train / eval configs
 
-    def section(self, cls: type, base: Any, name: str, spec, point: dict,
+    def section(self, cls: type, base: Any, name: str, spec: ModelSpec, point: dict,
                 point_paths: dict) -> Any:
         """defaults < experiment `train:` < model `train:` < sweep point (< overrides, already
         applied to the document, which the model and the point may not undo)."""
@@ -229,7 +165,7 @@ class _Expander:
 
     # ----------------------------------------------------------------- cells
 
-    def effective_point(self, spec, point: dict) -> dict:
+    def effective_point(self, spec: ModelSpec, point: dict) -> dict:
         """The point minus keys that an override fixed (overrides win over sweep points)."""
         kept = {}
         for key, value in point.items():
@@ -244,7 +180,7 @@ class _Expander:
                 kept[key] = value
         return kept
 
-    def model_cells(self, spec) -> list[Cell]:
+    def model_cells(self, spec: ModelSpec) -> list[Cell]:
         base = self.base_fields(spec)
         raw_points = _points(spec.sweep, ("models", spec.name, "sweep"))
         widths: dict[str, int] = {}
@@ -270,11 +206,10 @@ class _Expander:
                 where = point_paths.get("seed", ("models", spec.name, "seed"))
                 raise UserError(f"{self.doc.where(where)}: seed must be a non-negative "
                                 f"integer, got {describe(seed)}")
-            train = self.section(self.train_cls, self.experiment.train, "train", spec, point,
+            train = self.section(TrainConfig, self.experiment.train, "train", spec, point,
                                  point_paths)
-            if hasattr(train, "seed"):
-                train = dataclasses.replace(train, seed=seed)
-            evaluation = self.section(self.eval_cls, self.experiment.eval, "eval", spec, point,
+            train = dataclasses.replace(train, seed=seed)
+            evaluation = self.section(EvalConfig, self.experiment.eval, "eval", spec, point,
                                       point_paths)
             resolved = {}  # every swept key, with the value the cell really gets (overrides win)
             for key in (k for k in order if k in raw):
@@ -297,13 +232,18 @@ class _Expander:
                                                                                config)
             cells.append(Cell(name=name, kind=spec.kind, model=spec.name, family=spec.family,
                               seed=seed, point=resolved, model_config=config, train=train,
-                              eval=evaluation, params=params, match=match_record))
+                              eval=evaluation, params=params, match=match_record,
+                              effective_depth=registry.get(spec.family).effective_depth(config)))
         return cells
 
 
-def expand(experiment) -> tuple[Cell, ...]:
-    """Every cell of the experiment, in file order: models (sweep order), then codecs."""
-    expander = _Expander(experiment)
+def expand(experiment: ExperimentConfig, doc: Document,
+           override_keys: frozenset = frozenset()) -> tuple[Cell, ...]:
+    """Every cell of the experiment, in file order: models (sweep order), then codecs.
+
+    `doc` is the file the experiment was loaded from (for error locations); `override_keys` the
+    keys that `--set` or smoke overrides fixed (a sweep point may not undo them)."""
+    expander = _Expander(experiment, doc, override_keys)
     cells: list[Cell] = []
     for spec in experiment.models.values():
         cells += expander.model_cells(spec)

@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+
+from harness.engine import budget, throughput
+from harness.engine.config import TrainConfig
+from harness.engine.evaluate import samplers
+from harness.experiment.schema import Cell, ExperimentConfig, SpeedSpec
+from models import registry
 
 # A cell's fixed costs that the probe does not see: process start, imports, data loading,
 # writing checkpoints, the FLOP count. Seconds.
@@ -85,14 +94,9 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def train_steps(train: Any, n_train: int | None) -> int | None:
+def train_steps(train: TrainConfig, n_train: int | None) -> int | None:
     """Optimiser steps a TrainConfig will run (None when only a wall-clock budget bounds it)."""
-    candidates = []
-    if getattr(train, "max_steps", None) is not None:
-        candidates.append(int(train.max_steps))
-    if getattr(train, "max_epochs", None) is not None and n_train:
-        candidates.append(int(math.ceil(train.max_epochs * (n_train // train.batch_size))))
-    return min(candidates) if candidates else None
+    return budget.total_steps(train, budget.steps_per_epoch(train, n_train))
 
 
 # --------------------------------------------------------------------------- probing
@@ -108,16 +112,13 @@ def _timed(fn, threads: int) -> float:
     return min(time.perf_counter() - wall, (time.process_time() - cpu) / max(1, threads))
 
 
-def _probe_one(family: str, config: Any, batch: int, eval_batch: int, steps: int,
+def _probe_one(family_name: str, config: Any, batch: int, eval_batch: int, steps: int,
                sample_batches: tuple[int, ...], naive_batches: tuple[int, ...],
                threads: int) -> Probe:
-    import torch
-
-    from models import registry
-
+    family = registry.get(family_name)
     torch.manual_seed(0)
-    model = registry.build_model(family, config)
-    channels, height, width = model.image_shape
+    model = family.build_model(config)
+    channels, height, width = family.image_shape(config)
     images = torch.randint(0, 256, (max(batch, eval_batch), channels, height, width),
                            dtype=torch.uint8)
     probe = Probe()
@@ -141,39 +142,36 @@ def _probe_one(family: str, config: Any, batch: int, eval_batch: int, steps: int
         for b in sample_batches:
             one = images[:1].expand(b, -1, -1, -1).contiguous()
             probe.pass_s[b] = _timed(lambda: model.loss(one), threads)
-            if _is_autoregressive(family) and hasattr(config, "image_size"):
+            if family.autoregressive and family.resize is not None:
                 if b in naive_batches:
                     probe.naive_s[b] = _sample_call_s(family, config, b, "naive", threads)
                 probe.cached_s[b] = _sample_call_s(family, config, b, "cached", threads)
     return probe
 
 
-def _sample_call_s(family: str, config: Any, batch: int, method: str, threads: int) -> float:
+def _sample_call_s(family: registry.Family, config: Any, batch: int, method: str,
+                   threads: int) -> float:
     """Seconds of one autoregressive sample call at full size, extrapolated from the same
     architecture sampled at 4×4 and 8×8: a call makes S²·C steps, each costing a + b·S² (a fixed
     per-step overhead plus work over the S×S canvas; an upper bound for the cached sampler, whose
     steps touch a few rows); two sizes give a and b."""
-    import torch
-
-    from models import registry
-
+    kwargs = family.sampler(method).kwargs
     per_step = {}
     for size in (4, 8):
         torch.manual_seed(0)
-        small = registry.build_model(family, dataclasses.replace(config, image_size=size)).eval()
-        channels = small.image_shape[0]
-        small.sample(batch, method=method)  # warm-up
-        seconds = _timed(lambda m=small: m.sample(batch, method=method), threads)
+        small_config = family.resize(config, size)
+        small = family.build_model(small_config).eval()
+        channels = family.image_shape(small_config)[0]
+        small.sample(batch, **kwargs)  # warm-up
+        seconds = _timed(lambda m=small: m.sample(batch, **kwargs), threads)
         per_step[size] = seconds / (size * size * channels)
     slope = max(0.0, (per_step[8] - per_step[4]) / (64 - 16))
     base = max(0.0, per_step[4] - slope * 16)
-    size = config.image_size
-    return size * size * channels * (base + slope * size * size)
+    _, height, width = family.image_shape(config)
+    return height * width * channels * (base + slope * height * width)
 
 
 def _probe_all(tasks: list[tuple], threads: int) -> list[Probe]:
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -182,60 +180,39 @@ def _probe_all(tasks: list[tuple], threads: int) -> list[Probe]:
         torch.set_num_threads(previous)
 
 
-def _is_autoregressive(family: str) -> bool:
-    import inspect
-
-    from models import registry
-
-    _, model_cls = registry.family(family)
-    return "method" in inspect.signature(model_cls.sample).parameters
-
-
-def _eval_batch(cell) -> int:
+def _eval_batch(cell: Cell) -> int:
     """The evaluation batch the cell will use on this machine (the evaluator's device default
-    when the config leaves it open)."""
-    if cell.eval.batch_size is not None:
-        return min(cell.eval.batch_size, 256)
-    import torch
-
-    from harness import evaluate
-
-    resolve = getattr(evaluate, "resolved_batch_size", None)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return min(resolve(cell.eval, device), 256) if resolve else 64
+    when the config leaves it open), at most 256 for the probe."""
+    return min(cell.eval.batch_size_on("cuda" if torch.cuda.is_available() else "cpu"), 256)
 
 
-def config_key(cell) -> str:
+def config_key(cell: Cell) -> str:
     return repr((cell.family, cell.model_config))
 
 
-def flops_per_config(cells) -> dict[str, float]:
+def flops_per_config(cells: list[Cell]) -> dict[str, float]:
     """Forward FLOPs per image of each distinct model config (one batch-1 pass each)."""
-    import torch
-
-    from harness import throughput
-    from models import registry
-
     found: dict[str, float] = {}
     for cell in cells:
         key = config_key(cell)
         if cell.kind == "codec" or key in found:
             continue
+        family = registry.get(cell.family)
+        shape = (1,) + tuple(family.image_shape(cell.model_config))
         try:  # shapes are all the counter needs: no weights allocated, no arithmetic done
             with torch.device("meta"):
-                model = registry.build_model(cell.family, cell.model_config)
-                images = torch.zeros((1,) + tuple(model.image_shape), dtype=torch.uint8)
+                model = family.build_model(cell.model_config)
+                images = torch.zeros(shape, dtype=torch.uint8)
             found[key] = throughput.flops_per_image(model, images)
-        except Exception:  # an op without a meta kernel: count on real tensors
+        except Exception:  # noqa: BLE001 - an op without a meta kernel: count on real tensors
             torch.manual_seed(0)
-            model = registry.build_model(cell.family, cell.model_config)
-            images = torch.zeros((1,) + tuple(model.image_shape), dtype=torch.uint8)
-            found[key] = throughput.flops_per_image(model, images)
+            model = family.build_model(cell.model_config)
+            found[key] = throughput.flops_per_image(model, torch.zeros(shape, dtype=torch.uint8))
     return found
 
 
-def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
-                 threads: int, speed: Any = None) -> dict[str, Probe]:
+def probe_models(cells: list[Cell], flops: dict[str, float], probe_steps: int, jobs: int,
+                 threads: int, speed: SpeedSpec | None = None) -> dict[str, Probe]:
     """Probe each model of distinct cost once: configs with the same family, parameter count and
     FLOPs per image (e.g. one VDVAE at several effective depths) share one probe. With jobs > 1
     the probe runs in `jobs` processes at once, so contention between them is measured."""
@@ -267,8 +244,6 @@ def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
     if jobs <= 1:
         results = _probe_all(task_list, threads)
     else:
-        import multiprocessing
-
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
             futures = [pool.submit(_probe_all, task_list, threads) for _ in range(jobs)]
@@ -296,14 +271,16 @@ def probe_models(cells, flops: dict[str, float], probe_steps: int, jobs: int,
 # --------------------------------------------------------------------------- estimating
 
 
-def estimate_cell(cell, probe: Probe | None, experiment, n_train: int | None,
-                  n_test: int | None, image_dims: int | None, flops_per_s: float | None,
-                  autoregressive: bool) -> CellEstimate:
+def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
+                  n_train: int | None, n_test: int | None, image_dims: int | None,
+                  flops_per_s: float | None) -> CellEstimate:
     if cell.kind == "codec":
         dims = (n_test or 10_000) * (image_dims or 784)
         seconds = OVERHEAD_S["codec"] + CODEC_S_PER_KDIM[cell.model] * dims / 1000
         return CellEstimate(cell.name, "codec", None, None, None, seconds,
                             f"{n_test or '?'} images")
+    family = registry.get(cell.family)
+    autoregressive = family.autoregressive
     flops = probe.flops_per_image if probe else None
     forward_s = probe.forward_s_per_image if probe else None
     if flops_per_s and flops:
@@ -334,31 +311,31 @@ def estimate_cell(cell, probe: Probe | None, experiment, n_train: int | None,
         steps = train_steps(cell.train, n_train)
         evaluation = cell.eval
         train_s = (steps or 0) * (step_s or 0.0)
-        if getattr(cell.train, "max_wall_s", None):
+        if cell.train.max_wall_s:
             train_s = min(train_s, cell.train.max_wall_s)
         eval_s = 0.0
         for _ in evaluation.weights:
             eval_s += (n_test or 0) * forward_s
-            if not autoregressive:  # VAEs: the active-units pass (posterior means)
-                cap = getattr(evaluation, "active_units_max_images", None)
+            if family.can(registry.ACTIVE_UNITS):  # the posterior-means pass
+                cap = evaluation.active_units_max_images
                 eval_s += min(n_test or 0, cap if cap is not None else n_test or 0) * forward_s
-            if evaluation.iw_k and not autoregressive:
+            if evaluation.iw_k and family.can(registry.IW_NLL):
                 n_iw = n_test if evaluation.iw_max_images is None else min(
                     n_test or 0, evaluation.iw_max_images)
                 eval_s += (n_iw or 0) * evaluation.iw_k * forward_s
-        methods = evaluation.sample_methods if autoregressive else ("ancestral",)
+        methods = [s.method for s in samplers(family, evaluation.sample_methods)]
         for method in methods:
             eval_s += (evaluation.sample_repeats + evaluation.sample_warmup) * \
                 sample_call_s(method, evaluation.sample_batch_size)
-        if evaluation.n_grid_samples:
-            fastest = "cached" if autoregressive and "cached" in methods else methods[0]
+        if evaluation.n_grid_samples and methods:
+            fastest = "cached" if "cached" in methods else methods[0]
             eval_s += sample_call_s(fastest, evaluation.n_grid_samples)
         seconds += train_s + eval_s
         detail = (f"train {fmt_duration(train_s)} ({1 / step_s * cell.train.batch_size:,.0f} "
                   f"images/s) + eval {fmt_duration(eval_s)}" if step_s else "")
     else:
         speed = experiment.sampling_speed
-        methods = tuple(speed.methods) if autoregressive else ("ancestral",)
+        methods = [s.method for s in samplers(family, tuple(speed.methods))]
         sampling, timings = 0.0, 0
         for method in methods:
             batch_sizes, repeats, warmup = speed.timing(method)
@@ -377,7 +354,8 @@ def makespan(durations: list[float], jobs: int) -> float:
     return max(workers)
 
 
-def make_plan(experiment, cells, jobs: int, threads: int, n_train: int | None,
+def make_plan(experiment: ExperimentConfig, cells: list[Cell], jobs: int, threads: int,
+              n_train: int | None,
               n_test: int | None, image_dims: int | None) -> Plan:
     runner = experiment.runner
     flops_per_s = runner.flops_per_s if runner.estimate == "flops" else None
@@ -391,13 +369,11 @@ def make_plan(experiment, cells, jobs: int, threads: int, n_train: int | None,
     for cell in cells:
         probe = probes.get(config_key(cell)) or (
             Probe(flops_per_image=flops[config_key(cell)]) if cell.kind != "codec" else None)
-        autoregressive = cell.kind != "codec" and _is_autoregressive(cell.family)
         dims = image_dims
         if cell.kind == "speed":
-            c, h, w = _shape_of(cell)
-            dims = c * h * w
+            dims = math.prod(registry.get(cell.family).image_shape(cell.model_config))
         estimates.append(estimate_cell(cell, probe, experiment, n_train, n_test, dims,
-                                       flops_per_s, autoregressive))
+                                       flops_per_s))
     if runner.estimate == "flops":
         basis = f"FLOPs at a stated {runner.flops_per_s:.3g} FLOP/s"
     else:
@@ -406,10 +382,3 @@ def make_plan(experiment, cells, jobs: int, threads: int, n_train: int | None,
                  "the cores are not shared with other work")
     total = makespan([e.seconds for e in estimates], jobs)
     return Plan(experiment.name, estimates, jobs, threads, total, basis)
-
-
-def _shape_of(cell) -> tuple[int, int, int]:
-    config = cell.model_config
-    channels = getattr(config, "image_channels", 3)
-    size = getattr(config, "image_size", 32)
-    return channels, size, size

@@ -6,7 +6,7 @@ Three kinds of cell:
   interrupted), evaluate raw and EMA weights on the test images, record the training figures;
 * `speed`: sampling throughput of an untrained model (sampling speed does not depend on the
   weights' values: the same operations run whatever they are);
-* `codec`: per-image PNG / WebP-lossless bits/dim of the same test images (`harness.codecs`).
+* `codec`: per-image PNG / WebP-lossless bits/dim of the same test images (`harness.engine.codecs`).
 
 Every cell writes `config.json`, `provenance.json`, `status.json` ("running", then "done" or
 "failed" with a one-line error; the traceback goes to `error.log`) and its tidy rows to
@@ -24,12 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from harness import atomic
+from harness.contract import CONFIG_FILE, ROWS_FILE, STATUS_FILE, ci95
+from harness.data import load_dataset
+from harness.engine import codecs, throughput
+from harness.engine.evaluate import evaluate, samplers, save_npy
+from harness.engine.train import train
 from harness.errors import UserError
-
-STATUS = "status.json"
-ROWS = "metrics.jsonl"
+from harness.experiment.schema import Cell, DataSpec, SpeedSpec
+from harness.plain import to_plain
+from harness.run.provenance import cell_provenance
+from models import registry
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,8 @@ class CellContext:
     """What a cell needs from its experiment (picklable: it travels to worker processes)."""
 
     experiment: str
-    data: Any              # harness.experiment.DataSpec or None
-    sampling_speed: Any    # harness.experiment.SpeedSpec or None
+    data: DataSpec | None
+    sampling_speed: SpeedSpec | None
 
     @property
     def dataset(self) -> str:
@@ -50,7 +57,7 @@ class CellContext:
 
 def read_status(cell_dir: Path) -> dict:
     try:
-        value = json.loads((Path(cell_dir) / STATUS).read_text(encoding="utf-8"))
+        value = json.loads((Path(cell_dir) / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -58,12 +65,12 @@ def read_status(cell_dir: Path) -> dict:
 
 def write_status(cell_dir: Path, status: str, error: str | None = None,
                  wall_s: float | None = None, **extra: Any) -> None:
-    atomic.write_json(Path(cell_dir) / STATUS, {"status": status, "error": error,
+    atomic.write_json(Path(cell_dir) / STATUS_FILE, {"status": status, "error": error,
                                                 "wall_s": wall_s, **extra})
 
 
 def read_rows(cell_dir: Path) -> list[dict]:
-    path = Path(cell_dir) / ROWS
+    path = Path(cell_dir) / ROWS_FILE
     if not path.is_file():
         return []
     try:
@@ -82,20 +89,16 @@ def one_line(error: BaseException) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _load_splits(name: str, data_dir: str | None, options: str):
-    from harness.data import load_dataset
-
     return load_dataset(name, Path(data_dir) if data_dir else None, **json.loads(options))
 
 
-def load_splits(data):
+def load_splits(data: DataSpec):
     """The dataset's splits (cached per process: cells of one experiment share them)."""
     return _load_splits(data.dataset, data.data_dir, json.dumps(data.options, sort_keys=True))
 
 
 def _first(images, limit: int | None):
     """The first `limit` images (all when None) as a uint8 tensor (N, C, H, W)."""
-    import torch
-
     n = len(images) if limit is None else min(limit, len(images))
     if isinstance(images, torch.Tensor):
         return images[:n]
@@ -104,7 +107,7 @@ def _first(images, limit: int | None):
     return images[np.arange(n)]
 
 
-def test_images(data):
+def test_images(data: DataSpec):
     splits = load_splits(data)
     return _first(splits.test, data.test_images)
 
@@ -112,8 +115,8 @@ def test_images(data):
 # --------------------------------------------------------------------------- the three kinds
 
 
-def _check_shape(model, splits, cell) -> None:
-    model_shape = tuple(model.image_shape)
+def _check_shape(splits, cell: Cell) -> None:
+    model_shape = tuple(registry.get(cell.family).image_shape(cell.model_config))
     if model_shape != tuple(splits.image_shape):
         raise UserError(f"cell {cell.name}: model '{cell.model}' is built for images "
                         f"{model_shape} (C, H, W) but dataset '{splits.name}' has "
@@ -121,64 +124,50 @@ def _check_shape(model, splits, cell) -> None:
                         "image_channels to match")
 
 
-def train_follower(cell, context: CellContext, cell_dir: Path) -> None:
+def train_follower(cell: Cell, context: CellContext, cell_dir: Path) -> None:
     """A non-zero torchrun rank's share of a train cell: the data-parallel training only (rank 0
     evaluates and writes every file)."""
-    import torch
-
-    from harness.train import train
-    from models import registry
-
     splits = load_splits(context.data)
     torch.manual_seed(cell.seed)
-    model = registry.build_model(cell.family, cell.model_config)
+    model = registry.get(cell.family).build_model(cell.model_config)
     val_images = None
-    if getattr(cell.train, "val_every_steps", 0):
+    if cell.train.val_every_steps:
         val_images = _first(splits.validation, context.data.validation_images)
     train(model, _first(splits.train, context.data.train_images), cell.train, cell_dir,
           val_images=val_images)
 
 
-def _train_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
-    import torch
-
-    from harness.evaluate import evaluate
-    from harness.train import train
-    from models import registry
-
+def _train_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+    family = registry.get(cell.family)
     splits = load_splits(context.data)
+    _check_shape(splits, cell)
     torch.manual_seed(cell.seed)
-    model = registry.build_model(cell.family, cell.model_config)
-    _check_shape(model, splits, cell)
+    model = family.build_model(cell.model_config)
     train_images = _first(splits.train, context.data.train_images)
     val_images = None
-    if getattr(cell.train, "val_every_steps", 0):
+    if cell.train.val_every_steps:
         val_images = _first(splits.validation, context.data.validation_images)
     result = train(model, train_images, cell.train, cell_dir, val_images=val_images)
-    rows = evaluate({"raw": result.model, "ema": result.ema_model},
+    rows = evaluate({"raw": result.model, "ema": result.ema_model}, family,
                     _first(splits.test, context.data.test_images), cell.eval, cell_dir)
     rows += result.metric_rows()
     return rows, {"steps": result.steps, "stopped_because": result.stopped_because,
                   "resumed_from_step": result.resumed_from_step}
 
 
-def _speed_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
-    import torch
-
-    from harness import throughput
-    from harness.evaluate import sampler_settings
-    from models import registry
-
+def _speed_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+    family = registry.get(cell.family)
     speed = context.sampling_speed
     torch.manual_seed(cell.seed)
-    model = registry.build_model(cell.family, cell.model_config).eval()
-    channels, height, _width = model.image_shape
+    model = family.build_model(cell.model_config).eval()
+    channels, height, width = family.image_shape(cell.model_config)
     rows: list[dict] = [{"metric": "params", "value": registry.count_parameters(model)}]
-    probe = torch.randint(0, 256, (1, channels, height, _width), dtype=torch.uint8)
+    probe = torch.randint(0, 256, (1, channels, height, width), dtype=torch.uint8)
     rows.append({"metric": "flops_per_image", "value": throughput.flops_per_image(model, probe)})
-    for method, kwargs in sampler_settings(model, tuple(speed.methods)):
-        if "temperature" in kwargs:
-            kwargs = dict(kwargs, temperature=speed.temperature)
+    for sampler in samplers(family, tuple(speed.methods)):
+        method, kwargs = sampler.method, dict(sampler.kwargs)
+        if sampler.temperature:
+            kwargs["temperature"] = speed.temperature
         batch_sizes, repeats, warmup = speed.timing(method)
         for batch_size in batch_sizes:
             generator = torch.Generator().manual_seed(cell.seed)
@@ -187,7 +176,7 @@ def _speed_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict],
             row = {"metric": "sample_images_per_s", "value": rate, "method": method,
                    "batch_size": batch_size, "image_size": height, "repeats": repeats,
                    "image_channels": channels}  # untrained weights: speed does not need more
-            if "temperature" in kwargs:
+            if sampler.temperature:
                 row["temperature"] = kwargs["temperature"]
             rows.append(row)
             print(f"  {cell.name}: {method} sampling, batch {batch_size}: "
@@ -195,10 +184,7 @@ def _speed_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict],
     return rows, {}
 
 
-def _codec_cell(cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
-    from harness import codecs
-    from harness.evaluate import ci95, save_npy
-
+def _codec_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
     if not codecs.codec_available(cell.model):
         raise UserError(f"this Pillow build cannot write {cell.model.upper()}; install a Pillow "
                         "with WebP support or drop it from 'codecs'")
@@ -220,7 +206,7 @@ KINDS = {"train": _train_cell, "speed": _speed_cell, "codec": _codec_cell}
 # --------------------------------------------------------------------------- one cell
 
 
-def _dataset_provenance(context: CellContext, cell) -> dict:
+def _dataset_provenance(context: CellContext, cell: Cell) -> dict:
     if context.data is None or cell.kind == "speed":
         return {}
     provenance = dict(load_splits(context.data).provenance)
@@ -230,31 +216,28 @@ def _dataset_provenance(context: CellContext, cell) -> dict:
     return provenance
 
 
-def cell_config_record(cell, context: CellContext) -> dict:
-    from harness.config_loader import to_plain
-
+def cell_config_record(cell: Cell, context: CellContext) -> dict:
     return {"experiment": context.experiment, **cell.record(), "data": to_plain(context.data),
             "sampling_speed": to_plain(context.sampling_speed) if cell.kind == "speed" else None}
 
 
-def run_cell(cell, context: CellContext, cell_dir: Path) -> dict:
+def run_cell(cell: Cell, context: CellContext, cell_dir: Path) -> dict:
     """Run `cell` into `cell_dir` (the caller holds its lock); returns the final status dict.
 
     Never raises for a failure of the cell itself: the error is recorded and returned so that
     the other cells go on. KeyboardInterrupt leaves the cell "running" (a re-run resumes it).
     """
-    from harness.provenance import cell_provenance
-
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     previous = read_status(cell_dir)
     wall_before = float(previous.get("wall_s") or 0.0) if previous.get("status") != "done" else 0.0
-    atomic.write_json(cell_dir / "config.json", cell_config_record(cell, context))
+    atomic.write_json(cell_dir / CONFIG_FILE, cell_config_record(cell, context))
     write_status(cell_dir, "running", wall_s=wall_before)
     try:
-        seeds = {"cell": cell.seed, "train": getattr(cell.train, "seed", None),
-                 "eval_noise": getattr(cell.eval, "noise_seed", None)}
+        seeds = {"cell": cell.seed,
+                 "train": cell.train.seed if cell.train is not None else None,
+                 "eval_noise": cell.eval.noise_seed if cell.eval is not None else None}
         atomic.write_json(cell_dir / "provenance.json",
                           cell_provenance(seeds, _dataset_provenance(context, cell)))
         rows, extra = KINDS[cell.kind](cell, context, cell_dir)
@@ -270,14 +253,14 @@ def run_cell(cell, context: CellContext, cell_dir: Path) -> dict:
         raise
     wall_s = wall_before + time.perf_counter() - start
     rows = [decorate(row, cell, context) for row in rows]
-    atomic.write_text(cell_dir / ROWS, "".join(json.dumps(row, sort_keys=True, default=str) + "\n"
+    atomic.write_text(cell_dir / ROWS_FILE, "".join(json.dumps(row, sort_keys=True, default=str) + "\n"
                                                for row in rows))
     status = {"status": "done", "error": None, "wall_s": wall_s, **extra}
     write_status(cell_dir, **status)
     return status
 
 
-def decorate(row: dict, cell, context: CellContext) -> dict:
+def decorate(row: dict, cell: Cell, context: CellContext) -> dict:
     """Add the keys every metrics row carries (docs/results.md), keeping the row's own."""
     base = {"experiment": context.experiment, "cell": cell.name, "model": cell.family,
             "dataset": context.dataset if cell.kind != "speed" else "none"}

@@ -20,15 +20,18 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from harness import atomic, distributed
+from harness import atomic
+from harness.engine import distributed
 from harness.errors import UserError
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -137,10 +140,6 @@ def load_latest_checkpoint(directory: Path, *, quarantine: bool = True) -> Loade
 def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """Every RNG state a training step may draw from, as tensors and plain values (so that
     `weights_only=True` loading accepts it): torch CPU, CUDA (when in use), numpy, random."""
-    import random
-
-    import numpy as np
-
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     cuda = []
@@ -156,10 +155,6 @@ def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     """Inverse of `capture_rng_state`."""
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(state["torch_cpu"])
     if state["torch_cuda"] and device is not None and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state_all(state["torch_cuda"])
@@ -175,10 +170,6 @@ def restore_rng_state(state: dict[str, Any], device: torch.device | None = None)
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed torch (all devices), numpy's global generator and `random` for one rank: each rank
     gets its own stream, derived from (seed, rank) by numpy's SeedSequence."""
-    import random
-
-    import numpy as np
-
     derived = int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
     torch.manual_seed(derived)
     np.random.seed(derived)

@@ -7,25 +7,37 @@ results folder of docs/results.md and build the report.
 * `jobs` > 1 runs cells in that many spawned processes, each with `cores // jobs` torch threads
   (or `runner.threads_per_job`), longest cells first.
 * Two runners on one results folder never run a cell twice: the process that runs a cell holds
-  its lock (`harness.locks`); the shared files (`metrics.jsonl`, `summary.csv`) are rebuilt from
+  its lock (`harness.run.locks`); the shared files (`metrics.jsonl`, `summary.csv`) are rebuilt from
   the cells' own files, atomically, under an flock.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import atomic, locks
-from harness.cells import CellContext, read_rows, read_status, run_cell, write_status
-from harness.results_folder import (SUMMARY_COLUMNS, _pick, cell_dir, check_resumable,
-                                    default_results_dir, rebuild_shared_files, summary_row)
+import torch
+import torch.distributed as dist
+import yaml
+
+from harness import atomic
+from harness.contract import STATUS_FILE, pick
+from harness.engine import distributed
 from harness.errors import UserError
-from harness.plan import fmt_duration, make_plan
-from harness.provenance import available_cores
+from harness.experiment.load import load_experiment
+from harness.experiment.schema import Cell, ExperimentConfig
+from harness.report import build_report
+from harness.run import locks
+from harness.run.cell import (CellContext, load_splits, read_rows, read_status, run_cell,
+                              train_follower, write_status)
+from harness.run.plan import Plan, fmt_duration, make_plan, makespan
+from harness.run.provenance import available_cores
+from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
+                                        rebuild_shared_files)
 
 EXIT_LOCKED = 3  # a worker found its cell claimed by another runner
 
@@ -70,8 +82,6 @@ def _run_locked(cell, context: CellContext, root: Path, announce=None) -> dict |
 def _worker(cell, context: CellContext, root: str, threads: int) -> None:
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM → KeyboardInterrupt
-    import torch
-
     torch.set_num_threads(threads)
     status = _run_locked(cell, context, Path(root))
     if status is None or status.get("finished_elsewhere"):
@@ -108,7 +118,7 @@ class _Progress:
 
 def _result_line(root: Path, name: str) -> str:
     rows = read_rows(cell_dir(root, name))
-    best = _pick(rows, "test_bits_per_dim", weights="raw") or _pick(rows, "test_bits_per_dim")
+    best = pick(rows, "test_bits_per_dim", weights="raw") or pick(rows, "test_bits_per_dim")
     if best is None:
         return ""
     weights = f" ({best['weights']})" if best.get("weights") else ""
@@ -118,8 +128,6 @@ def _result_line(root: Path, name: str) -> str:
 def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
                summary_cells, summary_weights: str) -> tuple[list[str], list[str]]:
     """Run `pending` cells; return (failed names, names left to other runners)."""
-    import multiprocessing
-
     progress = _Progress(plan, len(pending), jobs)
     failed: list[str] = []
     elsewhere: list[str] = []
@@ -148,8 +156,6 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
         return holder is not None and not locks.is_stale(holder, cell_dir(root, cell.name))
 
     if jobs == 1:
-        import torch
-
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -195,7 +201,7 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
                     status = {"status": "failed", "wall_s": status.get("wall_s"),
                               "error": f"worker process died (exit code {process.exitcode}); "
                                        f"see {cell_dir(root, name)}"}
-                    atomic.write_json(cell_dir(root, name) / "status.json", status)
+                    atomic.write_json(cell_dir(root, name) / STATUS_FILE, status)
                 finish(cell, status, time.perf_counter() - started)
     except KeyboardInterrupt:
         for process, _ in running.values():
@@ -213,10 +219,6 @@ def _run_cells_distributed(pending, context, root: Path, summary_cells,
     """Under torchrun: every rank runs the same cells in the same order; rank 0 claims locks,
     evaluates and writes all files, the other ranks join the data-parallel training and then
     wait (polling status.json, not a collective, so a long evaluation cannot time out NCCL)."""
-    import torch.distributed as dist
-
-    from harness.cells import train_follower
-
     order = [[c.name for c in pending] if info.is_main else None]
     dist.broadcast_object_list(order, src=0)  # rank 0's order (longest first) for every rank
     by_name = {c.name: c for c in summary_cells}
@@ -264,7 +266,8 @@ def _run_cells_distributed(pending, context, root: Path, summary_cells,
     return failed, elsewhere
 
 
-def print_plan(experiment, plan, cells, root: Path | None, statuses: dict[str, str]) -> None:
+def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root: Path | None,
+               statuses: dict[str, str]) -> None:
     by_name = {e.name: e for e in plan.cells}
     counts: dict[str, int] = {}
     for cell in cells:
@@ -287,8 +290,6 @@ def print_plan(experiment, plan, cells, root: Path | None, statuses: dict[str, s
             _say(f"  {'':<{width}}  matched: {cell.match['field']}={cell.match['value']} for "
                  f"{cell.match['target_params']:,} parameters")
     pending = [by_name[c.name].seconds for c in cells if statuses.get(c.name) != "done"]
-    from harness.plan import makespan
-
     left = makespan(pending, plan.jobs)
     _say(f"estimated total: {fmt_duration(plan.total_s)} for all cells"
          + (f", {fmt_duration(left)} for the {len(pending)} not yet done" if len(pending)
@@ -301,7 +302,7 @@ def print_plan(experiment, plan, cells, root: Path | None, statuses: dict[str, s
         _say(f"results: {root}/")
 
 
-def _jobs_and_threads(experiment, jobs: int | None) -> tuple[int, int]:
+def _jobs_and_threads(experiment: ExperimentConfig, jobs: int | None) -> tuple[int, int]:
     # None (no --jobs given) means "as the experiment file says"; an explicit --jobs wins.
     chosen = experiment.runner.jobs if jobs is None else int(jobs)
     if chosen < 1:
@@ -310,13 +311,11 @@ def _jobs_and_threads(experiment, jobs: int | None) -> tuple[int, int]:
     return chosen, threads
 
 
-def _data_sizes(experiment) -> tuple[int | None, int | None, int | None]:
+def _data_sizes(experiment: ExperimentConfig) -> tuple[int | None, int | None, int | None]:
     """(train images, test images, dims per image) the cells will use, or Nones."""
     data = experiment.data
     if data is None:
         return None, None, None
-    from harness.cells import load_splits
-
     try:
         splits = load_splits(data)
     except UserError as error:
@@ -331,11 +330,6 @@ def _data_sizes(experiment) -> tuple[int | None, int | None, int | None]:
 
 def _build_report(root: Path, explicit_results: bool) -> int:
     try:
-        from harness.report import build_report
-    except ImportError:
-        _say("report: skipped (the harness.report package is not installed yet)")
-        return 0
-    try:
         build_report(root, out_dir=root if explicit_results else None)  # prints where it went
     except UserError as error:
         print(f"harness: report failed: {error}", file=sys.stderr)
@@ -347,10 +341,6 @@ def run_experiment(path: Path, results_dir: Path | None = None,
                    overrides: list[str] | tuple[str, ...] = (), dry_run: bool = False,
                    jobs: int | None = None) -> int:
     """Run (or with `dry_run` only plan) an experiment file; returns the exit status."""
-    from harness.experiment import load_experiment
-
-    from harness import distributed
-
     experiment = load_experiment(Path(path), overrides=list(overrides or ()))
     cells = list(experiment.cells)
     jobs, threads = _jobs_and_threads(experiment, jobs)
@@ -359,8 +349,6 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         if jobs != 1:
             raise UserError(f"under torchrun ({info.world_size} processes) cells run one at a "
                             "time on all ranks; use --jobs 1")
-        import torch
-
         distributed.setup("cuda" if torch.cuda.is_available() else "cpu")
         if not info.is_main:
             global _say
@@ -422,15 +410,12 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     return exit_status
 
 
-def _yaml_text(experiment) -> str:
-    import yaml
-
+def _yaml_text(experiment: ExperimentConfig) -> str:
     header = (f"# {experiment.path} as loaded"
               + (f", with --set {' --set '.join(experiment.overrides)}"
                  if experiment.overrides else "")
               + (" (smoke)" if experiment.smoke else "") + "\n")
-    return header + yaml.safe_dump(experiment.record(), sort_keys=False)
+    return header + yaml.safe_dump(experiment.record, sort_keys=False)
 
 
-__all__ = ["run_experiment", "rebuild_shared_files", "summary_row", "cell_dir",
-           "SUMMARY_COLUMNS"]
+__all__ = ["run_experiment"]

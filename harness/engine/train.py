@@ -4,13 +4,13 @@ Implements the VDVAE training recipe (Child 2021 and its reference implementatio
 ../shared/spec/vdvae.md "Training recipe"): AdamW, linear LR warm-up, gradient-norm clipping,
 **update skipping** when the pre-clip gradient norm reaches `skip_threshold` or the loss is not
 finite, and an EMA of the weights updated on applied updates only (bias-corrected by default:
-harness.schedule).
+harness.engine.schedule).
 
-Everything a run needs to continue lives in `run_dir/checkpoints/step-<N>.pt` (harness.checkpoint):
+Everything a run needs to continue lives in `run_dir/checkpoints/step-<N>.pt` (harness.engine.checkpoint):
 model, EMA, optimiser, schedule position, the data position (epoch, batch in epoch) and every RNG
 state, so a run killed at any moment and restarted on the same inputs finishes with bitwise the
 same weights and losses on CPU. Budgets (steps, epochs, wall-clock seconds) allow comparisons at
-equal steps or at equal compute. Multi-GPU: launch with torchrun (harness.distributed); the batch
+equal steps or at equal compute. Multi-GPU: launch with torchrun (harness.engine.distributed); the batch
 size is the GLOBAL batch, split evenly over ranks; rank 0 alone writes files.
 
 `run_dir/train_log.jsonl` rows (docs/results.md): {"type": "train", "step", "epoch",
@@ -27,7 +27,6 @@ import dataclasses
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,128 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness import atomic, checkpoint, distributed, throughput
+from harness import atomic
+from harness.engine import budget, checkpoint, distributed, throughput
+from harness.engine.config import TRAJECTORY_FIELDS, TrainConfig
+from harness.engine.evaluate import as_image_set, sharded_bits_per_dim
+from harness.engine.schedule import EMA, lr_at_update
 from harness.errors import UserError
-from harness.evaluate import as_image_set, sharded_bits_per_dim
-from harness.schedule import EMA, LR_SCHEDULES, lr_at_update
 from models.likelihoods import nats_to_bits
-
-DEVICES = ("auto", "cpu", "cuda")
-PROGRESS_MODES = ("auto", "bar", "lines", "off")
-# Fields whose change between a checkpoint and a resumed run alters the trajectory.
-_TRAJECTORY_FIELDS = ("batch_size", "lr", "betas", "weight_decay", "warmup_steps", "lr_schedule",
-                      "lr_final_fraction", "ema_rate", "ema_bias_correction", "grad_clip",
-                      "skip_threshold", "seed", "bf16_autocast", "tf32")
-
-
-# Numeric fields: (type, smallest value, null allowed). Optional floats must be > 0 when set.
-_NUMBER_FIELDS = {
-    "batch_size": (int, 1, False), "warmup_steps": (int, 0, False),
-    "max_consecutive_skips": (int, 1, False), "seed": (int, 0, False),
-    "checkpoint_every_steps": (int, 0, False), "keep_checkpoints": (int, 1, False),
-    "log_every_steps": (int, 1, False), "val_every_steps": (int, 0, False),
-    "val_batch_size": (int, 1, False), "max_steps": (int, 1, True),
-    "val_max_images": (int, 1, True), "num_threads": (int, 1, True),
-    "lr": (float, 0, False), "weight_decay": (float, 0, False),
-    "lr_final_fraction": (float, 0, False), "ema_rate": (float, 0, False),
-    "grad_clip": (float, 0, True), "skip_threshold": (float, 0, True),
-    "max_epochs": (float, 0, True), "max_wall_s": (float, 0, True)}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The experiment YAML's `train:` section, field for field. Units are in the names.
-
-    `batch_size` is the GLOBAL batch: with W data-parallel ranks each takes batch_size / W.
-    Budgets: training stops at the first of `max_steps`, `max_epochs` (may be fractional) and
-    `max_wall_s` that is reached (None = no such limit; at least one must be set). Steps count
-    iterations, skipped updates included. `grad_clip` / `skip_threshold` None = off (non-finite
-    losses are always skipped). `checkpoint_every_steps` 0 = only at the end; `val_every_steps`
-    0 = never. `num_threads` None = torch's default. `progress` "auto" = a tqdm bar on a terminal,
-    plain lines otherwise.
-    """
-
-    batch_size: int = 32
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.9)
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    lr_schedule: str = "constant"
-    lr_final_fraction: float = 0.0
-    ema_rate: float = 0.999
-    ema_bias_correction: bool = True
-    grad_clip: float | None = 200.0
-    skip_threshold: float | None = 400.0
-    max_consecutive_skips: int = 100
-    max_steps: int | None = 1000
-    max_epochs: float | None = None
-    max_wall_s: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    bf16_autocast: bool = False
-    tf32: bool = False
-    checkpoint_every_steps: int = 500
-    keep_checkpoints: int = 2
-    log_every_steps: int = 50
-    val_every_steps: int = 0
-    val_batch_size: int = 256
-    val_max_images: int | None = None
-    num_threads: int | None = None
-    progress: str = "auto"
-    ddp_find_unused_parameters: bool = False
-
-    def __post_init__(self):
-        def bad(name: str, expectation: str):
-            raise ValueError(f"train.{name} = {getattr(self, name)!r}: {expectation}")
-
-        for name, (kind, low, optional) in _NUMBER_FIELDS.items():
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
-                try:
-                    value = float(value)
-                except ValueError:
-                    pass
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or (kind is int and value != int(value)):
-                bad(name, f"must be a {'whole ' if kind is int else ''}number"
-                          + (" or null" if optional else ""))
-            if value < low or (optional and kind is float and value <= 0):
-                limit = "positive" if optional and kind is float else f"at least {low}"
-                bad(name, f"must be {limit}" + (" (or null for none)" if optional else ""))
-            object.__setattr__(self, name, kind(value))
-        for name in ("ema_bias_correction", "bf16_autocast", "tf32", "ddp_find_unused_parameters"):
-            if not isinstance(getattr(self, name), bool):
-                bad(name, "must be true or false")
-        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
-            bad("betas", "must be two numbers [beta1, beta2]")
-        betas = tuple(float(b) for b in self.betas)
-        if not all(0.0 <= b < 1.0 for b in betas):
-            bad("betas", "each must be in [0, 1)")
-        object.__setattr__(self, "betas", betas)
-        if self.lr == 0:
-            bad("lr", "must be positive")
-        if self.ema_rate >= 1.0:
-            bad("ema_rate", "must be in [0, 1) (0 = EMA equals the raw weights)")
-        if self.lr_final_fraction > 1.0:
-            bad("lr_final_fraction", "must be in [0, 1]")
-        if self.lr_schedule not in LR_SCHEDULES:
-            bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
-        if self.lr_schedule != "constant" and self.max_steps is None:
-            bad("lr_schedule", "a decaying schedule needs train.max_steps (it decays to it)")
-        if self.device not in DEVICES:
-            bad("device", f"must be one of {', '.join(DEVICES)}")
-        if self.progress not in PROGRESS_MODES:
-            bad("progress", f"must be one of {', '.join(PROGRESS_MODES)}")
-        if self.max_steps is None and self.max_epochs is None and self.max_wall_s is None:
-            bad("max_steps", "set at least one budget: max_steps, max_epochs or max_wall_s")
-        if (self.grad_clip is not None and self.skip_threshold is not None
-                and self.skip_threshold <= self.grad_clip):
-            warnings.warn(f"train.skip_threshold ({self.skip_threshold}) <= train.grad_clip "
-                          f"({self.grad_clip}): clipping never acts on an applied update",
-                          stacklevel=3)
-
 
 @dataclass
 class TrainResult:
@@ -217,6 +101,9 @@ class _LoopState:
     interval_grad_norm_count: int = 0
     interval_images: int = 0
     interval_time_s: float = 0.0
+
+    def epochs(self, steps_per_epoch: int) -> float:
+        return self.epoch + self.batch_in_epoch / steps_per_epoch
 
     def record(self, loss_bits: float, grad_norm: float, images: int, step_s: float) -> None:
         """Count one finished iteration (applied or skipped)."""
@@ -330,34 +217,6 @@ class _Reporter:
             self.bar.close()
 
 
-def _budget_reached(config: TrainConfig, state: _LoopState, steps_per_epoch: int) -> str | None:
-    if config.max_steps is not None and state.step >= config.max_steps:
-        return "max_steps"
-    epochs = state.epoch + state.batch_in_epoch / steps_per_epoch
-    if config.max_epochs is not None and epochs >= config.max_epochs - 1e-12:
-        return "max_epochs"
-    if config.max_wall_s is not None and state.wall_s >= config.max_wall_s:
-        return "max_wall_s"
-    return None
-
-
-def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
-    limits = [] if config.max_steps is None else [config.max_steps]
-    if config.max_epochs is not None:
-        limits.append(math.ceil(config.max_epochs * steps_per_epoch))
-    return min(limits) if limits else None
-
-
-def _eta_s(config: TrainConfig, state: _LoopState, total_steps: int | None) -> float | None:
-    """Seconds left until the first budget that binds, at this run's mean pace so far."""
-    candidates = []
-    if total_steps is not None and state.step:
-        candidates.append(max(0, total_steps - state.step) * state.wall_s / state.step)
-    if config.max_wall_s is not None:
-        candidates.append(max(0.0, config.max_wall_s - state.wall_s))
-    return min(candidates) if candidates else None
-
-
 def _save(ckpt_dir, model, ema, optimizer, state: _LoopState, config: TrainConfig, info,
           device) -> Path:
     state.peak_memory_bytes = max(state.peak_memory_bytes, throughput.peak_memory_bytes(device))
@@ -424,10 +283,10 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     loop = checkpoint.resume_training(ckpt_dir, log_path, model=model, ema=ema,
                                       optimizer=optimizer, config=config, info=info,
-                                      device=device, trajectory_fields=_TRAJECTORY_FIELDS)
+                                      device=device, trajectory_fields=TRAJECTORY_FIELDS)
     state = _LoopState() if loop is None else _LoopState(**loop)
     resumed_from = last_saved = None if loop is None else state.step
-    total_steps = _total_steps(config, steps_per_epoch)
+    total_steps = budget.total_steps(config, steps_per_epoch)
     reporter = _Reporter(config, log_path, info.is_main, total_steps)
     reporter.start(state.step)
     rows = distributed.local_slice(config.batch_size, info)
@@ -436,7 +295,8 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
     stopped_because = None
     try:
         while True:
-            stopped_because = _budget_reached(config, state, steps_per_epoch)
+            stopped_because = budget.budget_reached(config, state.step, state.epochs(steps_per_epoch),
+                                                    state.wall_s)
             if stopped_because:
                 break
             if state.batch_in_epoch >= steps_per_epoch:
@@ -501,7 +361,7 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
             if state.step % config.log_every_steps == 0:
                 row = state.train_row(lr, steps_per_epoch)
                 reporter.row(row)
-                reporter.progress(row, _eta_s(config, state, total_steps))
+                reporter.progress(row, budget.eta_s(config, state.step, state.wall_s, total_steps))
 
             if val_images is not None and config.val_every_steps and \
                     state.step % config.val_every_steps == 0:

@@ -1,0 +1,105 @@
+"""The results folder of one experiment (docs/results.md): where cells live, the check that a
+re-run resumes the same configs, and the shared files rebuilt from the cells' own files.
+
+`metrics.jsonl` and `summary.csv` are never appended to by several processes: they are rewritten
+whole, atomically, from every cell's `metrics.jsonl` and `status.json`, under the folder's flock
+(`harness.run.locks.guard`), so the last rebuild always reflects every finished cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from harness import atomic
+from harness.contract import CONFIG_FILE, ROWS_FILE, SUMMARY_COLUMNS, summary_row
+from harness.errors import UserError
+from harness.experiment.schema import Cell, ExperimentConfig
+from harness.run import locks
+from harness.run.cell import CellContext, cell_config_record, read_rows, read_status
+
+# Config keys that may change between a run and its resumption without changing its results.
+_IGNORED_CONFIG_KEYS = {("train", "progress"), ("train", "num_threads"),
+                        ("train", "log_every_steps")}
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def cell_dir(root: Path, name: str) -> Path:
+    """`root/cells/<name>`, refusing any name that would leave the results folder."""
+    base = (root / "cells").resolve()
+    path = (base / name).resolve()
+    if path.parent != base or name in ("", ".", ".."):
+        raise UserError(f"cell name {name!r} would write outside {root}/cells; rename it")
+    return root / "cells" / name
+
+
+def default_results_dir(experiment: ExperimentConfig) -> Path:
+    return Path("results") / experiment.name
+
+
+def _config_difference(old: Any, new: Any, path: tuple = ()) -> str | None:
+    if path[-2:] in _IGNORED_CONFIG_KEYS or path[-1:] == ("experiment",):
+        return None
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _config_difference(old.get(key), new.get(key), path + (key,))
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{'.'.join(map(str, path))}: {old!r} → {new!r}"
+    return None
+
+
+def check_resumable(root: Path, cells: list[Cell], context: CellContext) -> None:
+    """Refuse to resume or skip a cell whose folder holds a run of a different config."""
+    for cell in cells:
+        path = cell_dir(root, cell.name) / CONFIG_FILE
+        if not path.is_file():
+            continue
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: the cell is re-run and the file rewritten
+        new = json.loads(json.dumps(cell_config_record(cell, context), default=str))
+        difference = _config_difference(old, new)
+        if difference:
+            raise UserError(f"{path.parent} holds a run with a different config ({difference}); "
+                            f"pass --results DIR for a new run, or delete that folder to redo "
+                            f"the cell")
+
+
+# --------------------------------------------------------------------------- shared files
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in SUMMARY_COLUMNS})
+    return buffer.getvalue()
+
+
+def rebuild_shared_files(root: Path, cells: list[Cell], summary_weights: str) -> list[dict]:
+    """Rewrite metrics.jsonl and summary.csv from the cells' own files (atomic, under flock)."""
+    with locks.guard(root):
+        all_rows: list[dict] = []
+        summary: list[dict] = []
+        for cell in cells:
+            directory = cell_dir(root, cell.name)
+            status = read_status(directory)
+            rows = read_rows(directory) if status.get("status") == "done" else []
+            all_rows += rows
+            summary.append(summary_row(cell.contract_fields(), rows, status, summary_weights))
+        atomic.write_text(root / ROWS_FILE,
+                          "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
+                                  for r in all_rows))
+        atomic.write_text(root / "summary.csv", _csv_text(summary))
+    return summary
