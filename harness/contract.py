@@ -31,7 +31,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
 METRIC_TEXT_COLUMNS = frozenset({"experiment", "cell", "model", "dataset", "metric", "split",
                                  "weights", "method"})
 # The weights summary.csv headlines when the experiment does not say (runner.summary_weights).
-DEFAULT_SUMMARY_WEIGHTS = "raw"  # final weights: an EMA misleads on short runs (spec/cpu-scale.md)
+# Final weights: an EMA misleads on short runs (spec/cpu-scale.md).
+DEFAULT_SUMMARY_WEIGHTS = "raw"
 
 
 def ci95(values: np.ndarray) -> float:

@@ -175,9 +175,10 @@ def _check_sweep_keys(spec: ModelSpec, family: registry.Family, doc: Document,
     if spec.match is not None:
         matched = family.size_field
         if matched is None:
+            solvable = [n for n in registry.names() if registry.get(n).size_field]
             raise UserError(f"{doc.where(keys[:-1] + ('match',))}: family '{spec.family}' has "
                             "no size field to solve for a parameter budget; 'match' works for "
-                            + ", ".join(n for n in registry.names() if registry.get(n).size_field))
+                            + ", ".join(solvable))
         if matched in spec.config:
             raise UserError(f"{doc.where(keys[:-1] + ('config', matched))}: '{matched}' is both "
                             f"set and solved by 'match' for model '{spec.name}'; drop one")
@@ -204,7 +205,8 @@ def _load_data(doc: Document) -> DataSpec | None:
 def load_experiment(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read, override and validate an experiment file; every problem is a one-line `UserError`.
 
-    The returned config already holds its expanded, validated cells (`harness.experiment.sweep.expand`).
+    The returned config already holds its expanded, validated cells
+    (`harness.experiment.sweep.expand`).
     """
     path = Path(path)
     doc = load_document(path)

@@ -129,7 +129,8 @@ class _Expander:
         field_name = family.size_field  # the loader refused `match` for a family without one
         assert field_name is not None and family.solve_size is not None, spec.family
         try:
-            value = family.solve_size(target, **{k: v for k, v in fields.items() if k != field_name})
+            others = {k: v for k, v in fields.items() if k != field_name}
+            value = family.solve_size(target, **others)
         except (ValueError, TypeError) as error:
             raise UserError(f"{self.doc.where(keys)}: cannot match {target:,} parameters for "
                             f"model '{spec.name}': {error}") from None

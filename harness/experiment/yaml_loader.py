@@ -50,7 +50,8 @@ def _line_index(node: yaml.Node, keys: Keys, lines: dict, source: str) -> None:
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                raise UserError(f"{source}:{key_node.start_mark.line + 1}: keys must be plain names")
+                raise UserError(f"{source}:{key_node.start_mark.line + 1}: keys must be plain "
+                                "names")
             key = key_node.value
             line = key_node.start_mark.line + 1
             if key == "<<":
@@ -216,7 +217,8 @@ def check_keys(mapping: Mapping, valid: Iterable[str], doc: Document, keys: Keys
             if hint is not None:
                 suggestion = f" — did you mean '{dotted(keys + (hint,))}'?"
             else:
-                suggestion = f". Valid keys in '{dotted(keys) or 'the file'}': {', '.join(sorted(valid))}"
+                suggestion = (f". Valid keys in '{dotted(keys) or 'the file'}': "
+                              f"{', '.join(sorted(valid))}")
             raise UserError(f"{doc.where(keys + (key,))}: unknown key '{dotted(keys + (key,))}'"
                             f"{suggestion}")
 
@@ -246,8 +248,8 @@ def build_dataclass(cls: type, mapping: Any, doc: Document, keys: Keys, **extra:
 
 # A message that starts with a field name: `zdim: must be ...`, `max_steps must be ...`,
 # `Config.channels=...`; group 1 is the field, group 2 what follows the name (and its `:`/`=`).
-_FIELD_PREFIX = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*)(?:\s*[:=]\s*|\s+(?=must\b))(.*)$",
-                           re.S)
+_FIELD_PREFIX = re.compile(
+    r"^\s*(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*)(?:\s*[:=]\s*|\s+(?=must\b))(.*)$", re.S)
 
 
 def construct(cls: type, kwargs: dict, doc: Document, keys: Keys,

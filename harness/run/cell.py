@@ -253,8 +253,8 @@ def run_cell(cell: Cell, context: CellContext, cell_dir: Path) -> dict:
         raise
     wall_s = wall_before + time.perf_counter() - start
     rows = [decorate(row, cell, context) for row in rows]
-    atomic.write_text(cell_dir / ROWS_FILE, "".join(json.dumps(row, sort_keys=True, default=str) + "\n"
-                                               for row in rows))
+    atomic.write_text(cell_dir / ROWS_FILE, "".join(
+        json.dumps(row, sort_keys=True, default=str) + "\n" for row in rows))
     status = {"status": "done", "error": None, "wall_s": wall_s, **extra}
     write_status(cell_dir, **status)
     return status
