@@ -72,7 +72,6 @@ class Plan:
     threads: int
     total_s: float
     basis: str
-    notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         return {"experiment": self.experiment, "jobs": self.jobs,
