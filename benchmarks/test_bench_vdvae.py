@@ -100,3 +100,71 @@ def test_bench_vdvae_cifar10_train_step(benchmark, two_threads):
         "target_images_per_s": TARGET_IMAGES_PER_S,
     })
     assert flops > 0
+
+
+# One training step of a preset in a fresh process: its peak resident memory (ru_maxrss never
+# resets, so each setting needs its own process) and the median step time.
+_STEP_SCRIPT = """
+import json, resource, statistics, sys, time
+import torch
+from models.vdvae import PRESETS, VDVAE, VDVAEConfig
+preset, batch, threads, steps, checkpointing = sys.argv[1:6]
+torch.set_num_threads(int(threads))
+torch.manual_seed(0)
+model = VDVAE(VDVAEConfig(**PRESETS[preset]))
+model.use_activation_checkpointing(checkpointing == "1")
+optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+images = torch.randint(0, 256, (int(batch), *model.image_shape), dtype=torch.uint8)
+times = []
+for index in range(int(steps) + 1):  # the first step warms up and is not timed
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    model.loss(images)["loss_nats_per_dim"].mean().backward()
+    optimizer.step()
+    times.append(time.perf_counter() - start)
+print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "step_s": statistics.median(times[1:])}))
+"""
+
+
+def _step_in_process(preset: str, batch: int, steps: int, checkpointing: bool) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _STEP_SCRIPT, preset, str(batch), str(THREADS), str(steps),
+         "1" if checkpointing else "0"], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(repo)}, timeout=1800)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_vdvae_activation_checkpointing(benchmark):
+    """Peak memory saved and time added by `train.activation_checkpointing` on the cifar10
+    preset (batch 8, float32, 2 threads; each setting in its own process, run alternately).
+    The untimed suite run uses the tiny preset, so CI stays lean."""
+    timed = not benchmark.disabled
+    preset, steps, rounds = ("cifar10", 2, 2) if timed else ("cifar10_tiny", 1, 1)
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+
+    def measure():
+        for _ in range(rounds):
+            for checkpointing in (False, True):
+                runs[checkpointing].append(_step_in_process(preset, BATCH, steps,
+                                                            checkpointing))
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    plain = {k: statistics.median(r[k] for r in runs[False]) for k in runs[False][0]}
+    recomputed = {k: statistics.median(r[k] for r in runs[True]) for k in runs[True][0]}
+    benchmark.extra_info.update({
+        "preset": preset, "batch": BATCH, "threads": THREADS,
+        "peak_rss_gib": plain["peak_rss_bytes"] / 2 ** 30,
+        "peak_rss_gib_checkpointed": recomputed["peak_rss_bytes"] / 2 ** 30,
+        "memory_saving_fraction": 1 - recomputed["peak_rss_bytes"] / plain["peak_rss_bytes"],
+        "step_s": plain["step_s"], "step_s_checkpointed": recomputed["step_s"],
+        "slowdown": recomputed["step_s"] / plain["step_s"]})
+    assert recomputed["peak_rss_bytes"] < plain["peak_rss_bytes"]

@@ -20,7 +20,8 @@ toy family the same way. What a family declares:
 * `resize(config, size)`: the config at another image size (for the plan's sampling estimate);
 * optional capabilities, declared: `IW_NLL` (`model.iw_nll_bits_per_dim(images, k,
   chunk_size=)`), `KL_PER_LAYER` (a `kl_nats_per_layer` loss entry), `ACTIVE_UNITS`
-  (`model.posterior_means(images)`: list of (N, zdim, R, R)).
+  (`model.posterior_means(images)`: list of (N, zdim, R, R)), `ACTIVATION_CHECKPOINTING`
+  (`model.use_activation_checkpointing(enabled)`: recompute blocks in backward).
 
 Lookup errors are `ValueError`s listing the valid names; the harness turns them into user errors.
 """
@@ -36,7 +37,8 @@ from typing import Any
 IW_NLL = "iw_nll"
 KL_PER_LAYER = "kl_per_layer"
 ACTIVE_UNITS = "active_units"
-CAPABILITIES = (IW_NLL, KL_PER_LAYER, ACTIVE_UNITS)
+ACTIVATION_CHECKPOINTING = "activation_checkpointing"
+CAPABILITIES = (IW_NLL, KL_PER_LAYER, ACTIVE_UNITS, ACTIVATION_CHECKPOINTING)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,11 @@ class VDVAE(nn.Module):
         c = self.config
         return (c.image_channels, c.image_size, c.image_size)
 
+    def use_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each top-down block in backward instead of storing its activations: less
+        memory for the deep presets, the same gradients, one more decoder forward per step."""
+        self.decoder.activation_checkpointing = bool(enabled)
+
     @property
     def n_dims(self) -> int:
         return math.prod(self.image_shape)
@@ -300,4 +305,5 @@ FAMILY = registry.register(registry.Family(
     samplers=(registry.Sampler("ancestral", {"temperature": 1.0}, temperature=True),),
     size_field="width", solve_size=width_for_param_budget,
     effective_depth=lambda c: c.effective_depth or c.n_top_down,
-    capabilities=frozenset({registry.IW_NLL, registry.KL_PER_LAYER, registry.ACTIVE_UNITS})))
+    capabilities=frozenset({registry.IW_NLL, registry.KL_PER_LAYER, registry.ACTIVE_UNITS,
+                            registry.ACTIVATION_CHECKPOINTING})))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from models.vdvae_config import VDVAEConfig, encoder_resolutions
 
@@ -134,6 +135,11 @@ class TopDownBlock(nn.Module):
         mean, logstd, features = out.split([self.zdim, self.zdim, self.width], dim=1)
         return mean, logstd, features
 
+    def next_state(self, x: torch.Tensor, features: torch.Tensor,
+                   z: torch.Tensor) -> torch.Tensor:
+        """The block's output state: x + feature update + projected latent, then the resblock."""
+        return self.resnet(x + features + self.z_proj(z))
+
 
 def resize_state(state: torch.Tensor, resolution: int, width: int) -> torch.Tensor:
     """Cut (or zero-pad) a decoder state to `width` channels, then nearest-upsample it to
@@ -175,6 +181,14 @@ class Decoder(nn.Module):
         self.out_net = DmolHead(width, config.out_channels)
         self.image_size = config.image_size
         self.groups = config.groups
+        # Recompute each top-down block's nets in backward instead of keeping their activations
+        # (VDVAE.use_activation_checkpointing); only while gradients are being recorded.
+        self.activation_checkpointing = False
+
+    def _run(self, fn, *args):
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def _block_input(self, block: TopDownBlock, states: dict[int, torch.Tensor],
                      n: int) -> torch.Tensor:
@@ -201,6 +215,9 @@ class Decoder(nn.Module):
         mix-in), cut to the block's width and nearest-upsampled to its resolution. The feature
         update is then added to the block's own running state and the deterministic path (z_proj,
         resblock, mix-ins) runs in order, so with one block per group this is the usual decoder.
+
+        With `activation_checkpointing` the posterior, the prior and the state update of every
+        block are recomputed in backward (the same values: they hold no randomness).
         """
         states = dict(zip(self.bias_resolutions, self.bias_xs))
         activated_acts: dict[int, torch.Tensor] = {}  # GELU(encoder activation), per resolution
@@ -218,11 +235,10 @@ class Decoder(nn.Module):
                     res = block.resolution
                     if res not in activated_acts:
                         activated_acts[res] = F.gelu(activations[res])
-                    posterior = block.posterior(cond, activated_acts[res])
-                prior_mean, prior_logstd, features = block.prior_and_features(cond)
+                    posterior = self._run(block.posterior, cond, activated_acts[res])
+                prior_mean, prior_logstd, features = self._run(block.prior_and_features, cond)
+                # Outside the recomputed regions: the latent draw and the caller's KL record.
                 z = choose_latent(j, posterior, (prior_mean, prior_logstd))
-                x = x + features
-                x = x + block.z_proj(z)
-                states[block.resolution] = block.resnet(x)
+                states[block.resolution] = self._run(block.next_state, x, features, z)
         x = states[self.image_size]
         return self.out_net(x * self.gain + self.bias)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import UserError
 from harness.experiment.load import load_experiment
 from harness.experiment.sweep import safe_name
 from models import registry
@@ -132,3 +133,20 @@ def test_unreachable_budget_is_a_user_error(tmp_path):
 def test_safe_name_stays_one_path_component(raw, safe):
     assert safe_name(raw) == safe
     assert "/" not in safe_name(raw) and ".." not in safe_name(raw)
+
+
+def test_activation_checkpointing_on_a_family_that_cannot_is_refused_at_its_key(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("""\
+data: {dataset: mnist}
+models:
+  pixelcnn:
+    family: pixelcnn
+    preset: tiny
+    train: {activation_checkpointing: true}
+""")
+    with pytest.raises(UserError) as error:
+        load_experiment(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}:6: 'train.activation_checkpointing' is on for model "
+                              "'pixelcnn', but family 'pixelcnn' cannot")

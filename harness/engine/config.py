@@ -39,7 +39,8 @@ class TrainConfig:
     iterations, skipped updates included. `grad_clip` / `skip_threshold` None = off (non-finite
     losses are always skipped). `checkpoint_every_steps` 0 = only at the end; `val_every_steps`
     0 = never. `num_threads` None = torch's default. `progress` "auto" = a tqdm bar on a terminal,
-    plain lines otherwise.
+    plain lines otherwise. `activation_checkpointing` recomputes each top-down block in backward
+    (families declaring ACTIVATION_CHECKPOINTING): less memory, the same trajectory.
     """
 
     batch_size: PositiveInt = 32
@@ -70,6 +71,7 @@ class TrainConfig:
     num_threads: PositiveInt | None = None
     progress: Progress = "auto"
     ddp_find_unused_parameters: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         validate_fields(self, "train")

@@ -49,6 +49,38 @@ def flops_per_image(model: nn.Module, images: torch.Tensor) -> float:
     return counter.get_total_flops() / images.shape[0]
 
 
+def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
+    """Bytes of the tensors one training forward of `model.loss` keeps for backward (weights
+    left out): the activation memory of a step. Works on the meta device, where it costs no
+    arithmetic, so a plan can size any preset. A tensor saved by several ops counts once."""
+    params = {id(p) for p in model.parameters()}
+    saved: dict[int, int] = {}
+    keep: list[torch.Tensor] = []  # hold each counted tensor so that its id is not reused
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in params and id(tensor) not in saved:
+            saved[id(tensor)] = tensor.numel() * tensor.element_size()
+            keep.append(tensor)
+        return tensor
+
+    images = images.to(model_device(model))
+    was_training = model.training
+    model.train()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.loss(images)["loss_nats_per_dim"].float().mean()
+    finally:
+        model.train(was_training)
+    return sum(saved.values())
+
+
+def training_memory_bytes(model: nn.Module, images: torch.Tensor) -> int:
+    """Expected peak memory of a training step at this batch: the weights, their gradients, two
+    AdamW moments and the EMA copy (5 × float32 parameters) plus the saved activations."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 5 * weights + saved_activation_bytes(model, images)
+
+
 def sampling_images_per_s(model: nn.Module, batch_size: int, repeats: int = 3, warmup: int = 1,
                           **sample_kwargs) -> float:
     """Median images/s of `model.sample(batch_size, **sample_kwargs)` over `repeats` timed calls

@@ -210,6 +210,13 @@ class _Expander:
             train = self.section(TrainConfig, self.experiment.train, "train", spec, point,
                                  point_paths)
             train = dataclasses.replace(train, seed=seed)
+            family = registry.get(spec.family)
+            if train.activation_checkpointing and not family.can(
+                    registry.ACTIVATION_CHECKPOINTING):
+                where = self.doc.where(("models", spec.name, "train", "activation_checkpointing"))
+                raise UserError(f"{where}: 'train.activation_checkpointing' is on for model "
+                                f"'{spec.name}', but family '{spec.family}' cannot recompute "
+                                "its activations; turn it off for this model")
             evaluation = self.section(EvalConfig, self.experiment.eval, "eval", spec, point,
                                       point_paths)
             resolved = {}  # every swept key, with the value the cell really gets (overrides win)

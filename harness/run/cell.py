@@ -130,6 +130,8 @@ def train_follower(cell: Cell, context: CellContext, cell_dir: Path) -> None:
     splits = load_splits(context.data)
     torch.manual_seed(cell.seed)
     model = registry.get(cell.family).build_model(cell.model_config)
+    if cell.train.activation_checkpointing:
+        model.use_activation_checkpointing(True)
     val_images = None
     if cell.train.val_every_steps:
         val_images = _first(splits.validation, context.data.validation_images)
@@ -143,6 +145,8 @@ def _train_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[
     _check_shape(splits, cell)
     torch.manual_seed(cell.seed)
     model = family.build_model(cell.model_config)
+    if cell.train.activation_checkpointing:  # the sweep checked the family can
+        model.use_activation_checkpointing(True)
     train_images = _first(splits.train, context.data.train_images)
     val_images = None
     if cell.train.val_every_steps:

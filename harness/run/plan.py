@@ -62,6 +62,7 @@ class CellEstimate:
     steps: int | None
     seconds: float
     detail: str = ""
+    peak_memory_bytes: int | None = None  # expected, for a training step (train cells)
 
 
 @dataclass
@@ -91,6 +92,15 @@ def fmt_duration(seconds: float | None) -> str:
     if seconds < 86400 * 2:
         return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
     return f"{seconds / 86400:.1f} days"
+
+
+def fmt_bytes(count: int | None) -> str:
+    """'1.2 GiB', '310 MiB'; '' for None."""
+    if count is None:
+        return ""
+    if count >= 2 ** 30:
+        return f"{count / 2 ** 30:.1f} GiB"
+    return f"{count / 2 ** 20:.0f} MiB"
 
 
 def train_steps(train: TrainConfig, n_train: int | None) -> int | None:
@@ -208,6 +218,30 @@ def flops_per_config(cells: list[Cell]) -> dict[str, float]:
             model = family.build_model(cell.model_config)
             found[key] = throughput.flops_per_image(model, torch.zeros(shape, dtype=torch.uint8))
     return found
+
+
+def memory_per_cell(cells: list[Cell]) -> dict[str, int]:
+    """Expected peak memory of each train cell's training step (weights, gradients, AdamW, EMA
+    and the activations kept for backward at its batch size and activation checkpointing),
+    measured on the meta device: no weights allocated, no arithmetic done."""
+    found: dict[tuple, int] = {}
+    memory = {}
+    for cell in cells:
+        if cell.kind != "train":
+            continue
+        key = (config_key(cell), cell.train.batch_size, cell.train.activation_checkpointing)
+        if key not in found:
+            family = registry.get(cell.family)
+            with torch.device("meta"):
+                model = family.build_model(cell.model_config)
+                images = torch.zeros((cell.train.batch_size,)
+                                     + tuple(family.image_shape(cell.model_config)),
+                                     dtype=torch.uint8)
+            if cell.train.activation_checkpointing:
+                model.use_activation_checkpointing(True)
+            found[key] = throughput.training_memory_bytes(model, images)
+        memory[cell.name] = found[key]
+    return memory
 
 
 def probe_models(cells: list[Cell], flops: dict[str, float], probe_steps: int, jobs: int,
@@ -364,6 +398,7 @@ def make_plan(experiment: ExperimentConfig, cells: list[Cell], jobs: int, thread
     # The FLOP-rate estimate needs no timing at all (and a paper-size model is slow on a CPU).
     probes = {} if flops_per_s else probe_models(cells, flops, probe_steps, jobs, threads,
                                                  experiment.sampling_speed)
+    memory = memory_per_cell(cells)
     estimates = []
     for cell in cells:
         probe = probes.get(config_key(cell)) or (
@@ -371,8 +406,8 @@ def make_plan(experiment: ExperimentConfig, cells: list[Cell], jobs: int, thread
         dims = image_dims
         if cell.kind == "speed":
             dims = math.prod(registry.get(cell.family).image_shape(cell.model_config))
-        estimates.append(estimate_cell(cell, probe, experiment, n_train, n_test, dims,
-                                       flops_per_s))
+        estimate = estimate_cell(cell, probe, experiment, n_train, n_test, dims, flops_per_s)
+        estimates.append(dataclasses.replace(estimate, peak_memory_bytes=memory.get(cell.name)))
     if runner.estimate == "flops":
         basis = f"FLOPs at a stated {runner.flops_per_s:.3g} FLOP/s"
     else:

@@ -23,7 +23,7 @@ from harness.run.cell import CellContext, cell_config_record, read_rows, read_st
 
 # Config keys that may change between a run and its resumption without changing its results.
 _IGNORED_CONFIG_KEYS = {("train", "progress"), ("train", "num_threads"),
-                        ("train", "log_every_steps")}
+                        ("train", "log_every_steps"), ("train", "activation_checkpointing")}
 
 
 # --------------------------------------------------------------------------- folders

@@ -34,7 +34,7 @@ from harness.report import build_report
 from harness.run import locks
 from harness.run.cell import (CellContext, load_splits, read_rows, read_status, run_cell,
                               train_follower, write_status)
-from harness.run.plan import Plan, fmt_duration, make_plan, makespan
+from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
                                         rebuild_shared_files)
@@ -278,14 +278,16 @@ def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root
          f"{plan.jobs} job(s) × {plan.threads} torch thread(s)")
     width = max(len(c.name) for c in cells)
     _say(f"  {'cell':<{width}}  {'kind':<5}  {'params':>11}  {'MFLOPs/img':>10}  "
-         f"{'steps':>7}  {'est.':>7}  status")
+         f"{'steps':>7}  {'memory':>9}  {'est.':>7}  status")
     for cell in cells:
         estimate = by_name[cell.name]
         flops = f"{estimate.flops_per_image / 1e6:,.1f}" if estimate.flops_per_image else ""
         params = f"{cell.params:,}" if cell.params else ""
         steps = f"{estimate.steps:,}" if estimate.steps else ""
+        memory = fmt_bytes(estimate.peak_memory_bytes)
         _say(f"  {cell.name:<{width}}  {cell.kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
-             f"{fmt_duration(estimate.seconds):>7}  {statuses.get(cell.name, 'pending')}")
+             f"{memory:>9}  {fmt_duration(estimate.seconds):>7}  "
+             f"{statuses.get(cell.name, 'pending')}")
         if cell.match:
             _say(f"  {'':<{width}}  matched: {cell.match['field']}={cell.match['value']} for "
                  f"{cell.match['target_params']:,} parameters")
