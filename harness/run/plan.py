@@ -236,7 +236,8 @@ def probe_models(cells: list[Cell], flops: dict[str, float], probe_steps: int, j
                                                cell.eval.n_grid_samples) if b)
             naive_batches = (cell.eval.sample_batch_size,)
         tasks[group] = (cell.family, cell.model_config, batch, _eval_batch(cell),
-                        probe_steps if cell.kind == "train" else 0, sample_batches,
+                        probe_steps if cell.kind == "train" and cell.train.max_steps != 0
+                        else 0, sample_batches,
                         naive_batches)
     if not tasks:
         return {}
