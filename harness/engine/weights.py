@@ -63,11 +63,14 @@ def read_weights_file(path: Path | str) -> WeightsFile:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated, not torch, or unsafe: all refused
         text = " ".join(str(error).split())
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "Unsupported global" in text or "GLOBAL " in text:
             reason = ("it holds Python objects other than tensors and plain containers, which "
                       "are never unpickled here (torch.load weights_only=True)")
         else:
-            reason = f"not a readable torch file ({type(error).__name__}: {text[:120]})"
+            first = text.split(". ")[0].removeprefix("Weights only load failed")[:120]
+            first = first.strip(" .:")
+            reason = (f"not a complete torch file ({type(error).__name__}"
+                      + (f": {first})" if first else ")"))
         raise UserError(f"checkpoint {path}: refused: {reason}; use a state dict saved with "
                         "torch.save") from None
     if not isinstance(state, dict) or not state:
@@ -130,6 +133,14 @@ def looks_like(family: registry.Family, shapes: dict[str, tuple]) -> str | None:
     return None
 
 
+def _misfit(path: Path, problem: str, family: registry.Family | None, given: dict,
+            model_name: str | None) -> UserError:
+    preset = looks_like(family, given) if family is not None else None
+    hint = f"; this looks like preset {preset}: set preset: {preset}" if preset else ""
+    what = f"model '{model_name}'" if model_name else "the configured model"
+    return UserError(f"checkpoint {path} does not fit {what}: {problem}{hint}")
+
+
 def fit_state_dict(model: nn.Module, state_dict: dict, path: Path,
                    family: registry.Family | None, model_name: str | None) -> None:
     """Load `state_dict` into `model` after checking every key and shape; a mismatch is one
@@ -138,13 +149,7 @@ def fit_state_dict(model: nn.Module, state_dict: dict, path: Path,
     given = {k: tuple(v.shape) for k, v in state_dict.items()}
     problem = _first_mismatch(own, given)
     if problem is not None:
-        hint = ""
-        if family is not None:
-            preset = looks_like(family, given)
-            if preset is not None:
-                hint = f"; this looks like preset {preset}: set preset: {preset}"
-        what = f"model '{model_name}'" if model_name else "the configured model"
-        raise UserError(f"checkpoint {path} does not fit {what}: {problem}{hint}")
+        raise _misfit(path, problem, family, given, model_name)
     if family is not None:
         family.load_state_dict(model, state_dict)
     else:
@@ -157,3 +162,16 @@ def load_weights(model: nn.Module, family: registry.Family, weights_file: Weight
     state_dict = state_dict_for(weights_file, weights, model)
     fit_state_dict(model, state_dict, weights_file.path, family, model_name)
     return model
+
+
+def check_fits(path: Path | str, family: registry.Family, config: Any,
+               model_name: str | None = None) -> WeightsFile:
+    """Read `path` and check that its (raw) weights fit the model `config` builds, without
+    building it (meta device): the run refuses a bad checkpoint before any cell starts."""
+    weights_file = read_weights_file(path)
+    state = weights_file.state["model"] if weights_file.layout == "harness" else weights_file.state
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    problem = _first_mismatch(family.state_dict_shapes(config), given)
+    if problem is not None:
+        raise _misfit(weights_file.path, problem, family, given, model_name)
+    return weights_file

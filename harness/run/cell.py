@@ -142,6 +142,14 @@ def starting_models(cell: Cell) -> tuple[dict[str, torch.nn.Module], dict | None
     return models, weights_file.provenance()
 
 
+def check_checkpoints(cells) -> None:
+    """Refuse (UserError) a cell's checkpoint that cannot be read or does not fit its model."""
+    for cell in cells:
+        if cell.checkpoint is not None and cell.kind == "train":
+            weights.check_fits(cell.checkpoint, registry.get(cell.family), cell.model_config,
+                               cell.model)
+
+
 def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
     """Train (from the cell's starting weights) and evaluate; every torchrun rank runs it (rank
     0 gets the rows). Returns (rows, TrainResult, checkpoint provenance or None)."""

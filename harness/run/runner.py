@@ -35,6 +35,7 @@ from harness.run import locks
 from harness.run.cell import (CellContext, load_splits, read_rows, read_status, run_cell,
                               train_follower, write_status)
 from harness.run.plan import Plan, fmt_duration, make_plan, makespan
+from harness.run.cell import check_checkpoints
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
                                         rebuild_shared_files)
@@ -370,6 +371,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     if info.enabled and not info.is_main:
         _run_cells_distributed([], context, root, cells, experiment.runner.summary_weights, info)
         return 0
+    check_checkpoints(cells)  # a bad weights file: one line, exit 2, before any cell runs
     plan = make_plan(experiment, cells, jobs, threads, n_train, n_test, dims)
     print_plan(experiment, plan, cells, None if dry_run else root, statuses)
     if dry_run:
