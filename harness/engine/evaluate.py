@@ -117,7 +117,7 @@ def likelihood_pass(model: nn.Module, images, batch_size: int, noise_seed: int,
         batch = images[first:first + batch_size].to(device)  # (b, C, H, W) uint8
         torch.manual_seed(_batch_seed(noise_seed, first))
         out = model.loss(batch)
-        mine[first] = {key: value.double().cpu().numpy() for key, value in out.items()
+        mine[first] = {key: value.detach().double().cpu().numpy() for key, value in out.items()
                        if isinstance(value, torch.Tensor) and value.dim() in (1, 2)
                        and value.shape[0] == batch.shape[0]}
     throughput.synchronize(device)
