@@ -129,3 +129,29 @@ def test_published_line_says_whether_the_figure_is_inside_our_interval():
         published_line("imagenet32", "imagenet32", 3.80, 0.01)
     assert "2.87 bits/dim; it lies outside" in published_line("cifar10", "cifar10", 2.95, 0.01)
     assert published_line("cifar10", "imagenet32", 3.0, 0.1).startswith("no published figure")
+
+
+def test_checkpoint_paths_resolve_and_a_missing_release_says_where_to_get_it(tmp_path,
+                                                                             monkeypatch):
+    from harness.errors import UserError
+    from harness.experiment.load import load_experiment
+    from harness.run.cell import check_checkpoints
+
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "data"))
+    name = "cifar10-seed0-iter-900000-model-ema.th"
+    (tmp_path / "e.yaml").write_text(
+        "data: {dataset: cifar10}\nmodels:\n"
+        f"  a: {{family: vdvae, preset: cifar10_tiny, checkpoint: $HARNESS_DATA/checkpoints/{name}}}\n"
+        "  b: {family: vdvae, preset: cifar10_tiny, checkpoint: ckpt/mine.th}\n"
+        "train: {max_steps: 0}\n")
+    cells = load_experiment(tmp_path / "e.yaml").cells
+    assert [c.checkpoint for c in cells] == [str(tmp_path / "data" / "checkpoints" / name),
+                                            str(tmp_path / "ckpt" / "mine.th")]
+    assert cells[0].train.max_steps == 0
+    with pytest.raises(UserError, match=r"cell a_s0: checkpoint .* not found; it is the "
+                       r"reference's released cifar10 checkpoint: download it from https://"
+                       r"openaipublic.blob.core.windows.net/very-deep-vaes-assets/"
+                       rf"vdvae-assets-2/{name}$"):
+        check_checkpoints(cells)
+    with pytest.raises(UserError, match=r"cell b_s0: checkpoint .*mine.th not found; check"):
+        check_checkpoints(cells[1:])

@@ -75,6 +75,14 @@ PUBLISHED_CHECKPOINTS: dict[str, tuple[str, str, float, str, str | None]] = {
     "ffhq1024": ("ffhq1024", "FFHQ-1024", 2.42, "ffhq1024-iter-1700000-model-ema.th",
                  "ffhq1024-iter-1700000-model.th"),
 }
-CHECKPOINTS_URL = ("https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/"
-                   "vdvae-assets/ (imagenet64 and cifar10: vdvae-assets-2/), as listed in the "
-                   "README of github.com/openai/vdvae")
+CHECKPOINTS_URL = "https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets/"
+# imagenet64 and cifar10 files are under vdvae-assets-2/ instead (openai/vdvae README).
+CHECKPOINT_FOLDERS = {"imagenet64": "vdvae-assets-2/", "cifar10": "vdvae-assets-2/"}
+
+
+def checkpoint_url(preset: str, file_name: str) -> str:
+    """Where the reference published `file_name` of `preset`."""
+    base = CHECKPOINTS_URL
+    if preset in CHECKPOINT_FOLDERS:
+        base = base.replace("vdvae-assets/", CHECKPOINT_FOLDERS[preset])
+    return base + file_name

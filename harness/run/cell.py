@@ -35,6 +35,7 @@ from harness.engine.train import train
 from harness.errors import UserError
 from harness.experiment.schema import Cell, DataSpec, SpeedSpec
 from harness.plain import to_plain
+from harness.report.published import PUBLISHED_CHECKPOINTS, checkpoint_url
 from harness.run.provenance import cell_provenance
 from models import registry
 
@@ -144,10 +145,18 @@ def starting_models(cell: Cell) -> tuple[dict[str, torch.nn.Module], dict | None
 
 def check_checkpoints(cells) -> None:
     """Refuse (UserError) a cell's checkpoint that cannot be read or does not fit its model."""
+    released = {name: preset for preset, entry in PUBLISHED_CHECKPOINTS.items()
+                for name in entry[3:] if name}
     for cell in cells:
-        if cell.checkpoint is not None and cell.kind == "train":
-            weights.check_fits(cell.checkpoint, registry.get(cell.family), cell.model_config,
-                               cell.model)
+        if cell.checkpoint is None or cell.kind != "train":
+            continue
+        path = Path(cell.checkpoint)
+        if not path.is_file():
+            where = (f"it is the reference's released {released[path.name]} checkpoint: "
+                     f"download it from {checkpoint_url(released[path.name], path.name)}" if path.name in released
+                     else "check the model entry's checkpoint: path")
+            raise UserError(f"cell {cell.name}: checkpoint {path} not found; {where}")
+        weights.check_fits(path, registry.get(cell.family), cell.model_config, cell.model)
 
 
 def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
