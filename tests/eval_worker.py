@@ -16,11 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import TINY_VAE, TinyConfig, TinyVAE, realish_images  # noqa: E402
+from tiny_models import TINY_VAE, TinyConfig, TinyVAE, realish_images
 
-from harness.engine import distributed  # noqa: E402
-from harness.engine.config import EvalConfig  # noqa: E402
-from harness.engine.evaluate import evaluate  # noqa: E402
+from harness.engine import distributed
+from harness.engine.config import EvalConfig
+from harness.engine.evaluate import evaluate
 
 # 23 images in batches of 4: 6 batches, the last one partial, dealt unevenly to 2 ranks.
 CONFIG = EvalConfig(batch_size=4, weights=("raw",), n_grid_samples=0, sample_repeats=1,

@@ -92,7 +92,8 @@ train: {{max_steps: 0}}
 runner: {{probe_steps: 0, report: false}}
 """)
     assert run_experiment(folder / "tiny.yaml", results_dir=folder / "run") == 0
-    measured_run = _check_cell(folder / "run" / "cells" / "tiny_s0", ref, "tiny-iter-0-model-ema.th")
+    measured_run = _check_cell(folder / "run" / "cells" / "tiny_s0", ref,
+                               "tiny-iter-0-model-ema.th")
     assert abs(measured_run - expected) < tolerance, (measured_run, expected, tolerance)
 
     capsys.readouterr()
@@ -141,7 +142,8 @@ def test_checkpoint_paths_resolve_and_a_missing_release_says_where_to_get_it(tmp
     name = "cifar10-seed0-iter-900000-model-ema.th"
     (tmp_path / "e.yaml").write_text(
         "data: {dataset: cifar10}\nmodels:\n"
-        f"  a: {{family: vdvae, preset: cifar10_tiny, checkpoint: $HARNESS_DATA/checkpoints/{name}}}\n"
+        "  a: {family: vdvae, preset: cifar10_tiny,\n"
+        f"      checkpoint: $HARNESS_DATA/checkpoints/{name}}}\n"
         "  b: {family: vdvae, preset: cifar10_tiny, checkpoint: ckpt/mine.th}\n"
         "train: {max_steps: 0}\n")
     cells = load_experiment(tmp_path / "e.yaml").cells

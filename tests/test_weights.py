@@ -74,8 +74,9 @@ def test_fine_tuning_starts_from_the_checkpoint_weights(tmp_path):
     steps an in-memory copy of those weights takes."""
     first = train_tiny(tmp_path / "first", max_steps=5)
     path = tmp_path / "first" / "checkpoints" / "step-5.pt"
-    config = dict(batch_size=8, lr=1e-2, warmup_steps=0, ema_rate=0.9, seed=2, device="cpu",
-                  progress="off", checkpoint_every_steps=0, log_every_steps=1)
+    config = {"batch_size": 8, "lr": 1e-2, "warmup_steps": 0, "ema_rate": 0.9, "seed": 2,
+              "device": "cpu", "progress": "off", "checkpoint_every_steps": 0,
+              "log_every_steps": 1}
     images = realish_images(32, seed=5)
     loaded = weights.load_weights(TinyConvModel(TinyConfig()), TINY_CONV,
                                   weights.read_weights_file(path))

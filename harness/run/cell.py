@@ -152,8 +152,9 @@ def check_checkpoints(cells) -> None:
             continue
         path = Path(cell.checkpoint)
         if not path.is_file():
-            where = (f"it is the reference's released {released[path.name]} checkpoint: "
-                     f"download it from {checkpoint_url(released[path.name], path.name)}" if path.name in released
+            preset = released.get(path.name)
+            where = (f"it is the reference's released {preset} checkpoint: download it from "
+                     f"{checkpoint_url(preset, path.name)}" if preset
                      else "check the model entry's checkpoint: path")
             raise UserError(f"cell {cell.name}: checkpoint {path} not found; {where}")
         weights.check_fits(path, registry.get(cell.family), cell.model_config, cell.model)

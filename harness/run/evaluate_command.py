@@ -81,7 +81,7 @@ def set_overrides(items: list[str]) -> list[str]:
     eval_fields = set(field_types(EvalConfig))
     out = []
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, _ = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item}: expected KEY=VALUE")
         if key.split(".")[0] in TOP_LEVEL:

@@ -32,10 +32,9 @@ from harness.experiment.load import load_experiment
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.report import build_report
 from harness.run import locks
-from harness.run.cell import (CellContext, load_splits, read_rows, read_status, run_cell,
-                              train_follower, write_status)
+from harness.run.cell import (CellContext, check_checkpoints, load_splits, read_rows, read_status,
+                              run_cell, train_follower, write_status)
 from harness.run.plan import Plan, fmt_duration, make_plan, makespan
-from harness.run.cell import check_checkpoints
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
                                         rebuild_shared_files)
