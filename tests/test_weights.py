@@ -152,3 +152,16 @@ def test_broken_files_are_one_line_naming_the_file(tmp_path):
             weights.read_weights_file(path)
         assert str(error.value).startswith(f"checkpoint {path}") and reason in str(error.value)
         assert "\n" not in str(error.value)
+
+
+def test_a_released_checkpoints_key_shapes_name_its_preset(reference_dir):
+    """The five published key listings (as the released files hold them) are recognised."""
+    import ast
+
+    for preset in ("cifar10", "imagenet64"):
+        lines = (reference_dir / f"state_dict_keys_{preset}.tsv").read_text().splitlines()
+        shapes = {name: tuple(ast.literal_eval(shape))
+                  for name, shape in (line.split("\t") for line in lines[1:])}
+        assert weights.looks_like(VDVAE_FAMILY, shapes) == preset
+        del shapes["decoder.gain"]
+        assert weights.looks_like(VDVAE_FAMILY, shapes) is None
