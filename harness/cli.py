@@ -1,4 +1,5 @@
-"""`harness` command line: run experiments, evaluate checkpoints, rebuild reports, list datasets, validate configs.
+"""`harness` command line: run experiments, evaluate checkpoints, rebuild reports, list datasets,
+validate configs.
 
 Every subcommand is a thin shell over a function that can be called from Python. User errors
 (`harness.errors.UserError`) become one line on stderr and exit status 2, never a traceback.

@@ -2,8 +2,10 @@
 
 Three kinds of cell:
 
-* `train`: build the model, train it (resuming from `checkpoints/` when a previous attempt was
-  interrupted), evaluate raw and EMA weights on the test images, record the training figures;
+* `train`: build the model (with the weights of the model entry's `checkpoint` when it names
+  one), train it (resuming from `checkpoints/` when a previous attempt was interrupted; nothing
+  when `train.max_steps` is 0), evaluate raw and EMA weights on the test images, record the
+  training figures;
 * `speed`: sampling throughput of an untrained model (sampling speed does not depend on the
   weights' values: the same operations run whatever they are);
 * `codec`: per-image PNG / WebP-lossless bits/dim of the same test images (`harness.engine.codecs`).
