@@ -217,8 +217,9 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
 def _run_cells_distributed(pending, context, root: Path, summary_cells,
                            summary_weights: str, info) -> tuple[list[str], list[str]]:
     """Under torchrun: every rank runs the same cells in the same order; rank 0 claims locks,
-    writes all files, the other ranks join the data-parallel training and the sharded
-    likelihood passes of the evaluation, then wait (polling status.json, not a collective, so a long evaluation cannot time out NCCL)."""
+    evaluates and writes all files, the other ranks join the data-parallel training and the
+    sharded likelihood passes of the evaluation, then wait (polling status.json, not a
+    collective, so rank 0's remaining evaluation cannot time out NCCL)."""
     order = [[c.name for c in pending] if info.is_main else None]
     dist.broadcast_object_list(order, src=0)  # rank 0's order (longest first) for every rank
     by_name = {c.name: c for c in summary_cells}
