@@ -102,10 +102,10 @@ def test_bench_vdvae_cifar10_train_step(benchmark, two_threads):
     assert flops > 0
 
 
-# One training step of a preset in a fresh process: its peak resident memory (ru_maxrss never
-# resets, so each setting needs its own process) and the median step time.
+# Training steps of a preset in a fresh process: its peak resident memory (a process's peak
+# never goes down, so each setting needs its own process) and the median step time.
 _STEP_SCRIPT = """
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 import torch
 from models.vdvae import PRESETS, VDVAE, VDVAEConfig
 preset, batch, threads, steps, checkpointing = sys.argv[1:6]
@@ -122,8 +122,10 @@ for index in range(int(steps) + 1):  # the first step warms up and is not timed
     model.loss(images)["loss_nats_per_dim"].mean().backward()
     optimizer.step()
     times.append(time.perf_counter() - start)
-print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "step_s": statistics.median(times[1:])}))
+# VmHWM belongs to this process image: ru_maxrss would carry the forking parent's peak over exec
+with open("/proc/self/status") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_bytes": peak_kib * 1024, "step_s": statistics.median(times[1:])}))
 """
 
 

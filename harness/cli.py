@@ -1,4 +1,5 @@
-"""`harness` command line: run experiments, rebuild reports, list datasets, validate configs.
+"""`harness` command line: run experiments, evaluate checkpoints, rebuild reports, list datasets,
+validate configs.
 
 Every subcommand is a thin shell over a function that can be called from Python. User errors
 (`harness.errors.UserError`) become one line on stderr and exit status 2, never a traceback.
@@ -26,6 +27,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         jobs=args.jobs,
     )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.run.evaluate_command import evaluate_checkpoint
+
+    return evaluate_checkpoint(Path(args.checkpoint), args.model, args.dataset, args.set,
+                               Path(args.results) if args.results else None)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -69,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=None, metavar="N",
                      help="run N cells in parallel processes (default: the file's runner.jobs)")
     run.set_defaults(func=_cmd_run)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a weights file (a released reference "
+                              "checkpoint or the harness's own) on a dataset's test split")
+    evaluate.add_argument("checkpoint", help="*-model-ema.th, *-model.th or checkpoints/step-N.pt")
+    evaluate.add_argument("--model", required=True, metavar="PRESET_OR_YAML",
+                          help="a preset (cifar10, imagenet32, ...) or a YAML model entry")
+    evaluate.add_argument("--dataset", required=True, metavar="NAME")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="a dataset option (path=DIR) or eval key (batch_size=8)")
+    evaluate.add_argument("--results", metavar="DIR",
+                          help="results folder (default results/evaluate_<file>/)")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     report = sub.add_parser("report", help="rebuild tables, figures and PDF from a results folder")
     report.add_argument("results_dir", help="results/<experiment>/")

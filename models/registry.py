@@ -18,6 +18,10 @@ toy family the same way. What a family declares:
 * `size_field` and `solve_size(target_params, **other_fields) -> value`: what `match:` solves;
 * `effective_depth(config)`: G of a hierarchical VAE (None for other families);
 * `resize(config, size)`: the config at another image size (for the plan's sampling estimate);
+* `load_weights(model, state_dict)`: load a state dict in the family's released-checkpoint
+  naming (VDVAE: the reference's names, which are ours); default `model.load_state_dict(strict)`;
+* `reference_presets`: the presets whose released checkpoints exist (a checkpoint that does not
+  fit the configured model is compared against their key shapes to say which one it looks like);
 * optional capabilities, declared: `IW_NLL` (`model.iw_nll_bits_per_dim(images, k,
   chunk_size=)`), `KL_PER_LAYER` (a `kl_nats_per_layer` loss entry), `ACTIVE_UNITS`
   (`model.posterior_means(images)`: list of (N, zdim, R, R)), `ACTIVATION_CHECKPOINTING`
@@ -67,6 +71,10 @@ class Family:
     # The same architecture at another image size (the plan times an autoregressive sampler at
     # 4×4 and 8×8 and extrapolates); None: the plan uses an upper bound instead.
     resize: Callable[[Any, int], Any] | None = None
+    # Loads a state dict named as the family's released checkpoints are (after the harness has
+    # checked every key and shape against the model); None: `model.load_state_dict(strict=True)`.
+    load_weights: Callable[[Any, dict], None] | None = None
+    reference_presets: tuple[str, ...] = ()
 
     def __post_init__(self):
         assert dataclasses.is_dataclass(self.config_cls), self.config_cls
@@ -74,6 +82,7 @@ class Family:
         assert (self.size_field is None) == (self.solve_size is None), self.name
         unknown = set(self.capabilities) - set(CAPABILITIES)
         assert not unknown, (self.name, unknown)
+        assert set(self.reference_presets) <= set(self.presets), self.name
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -116,6 +125,22 @@ class Family:
         except Exception:  # noqa: BLE001 - a constructor that needs real tensors: build it
             model = self.build_model(config)
         return count_parameters(model)
+
+    def state_dict_shapes(self, config) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every tensor in the state dict of the model `config` builds, without
+        allocating weights (meta device)."""
+        import torch
+
+        with torch.device("meta"):
+            model = self.build_model(config)
+        return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+    def load_state_dict(self, model, state_dict: dict) -> None:
+        """Load `state_dict` (already checked to fit `model`) the family's way."""
+        if self.load_weights is not None:
+            self.load_weights(model, state_dict)
+        else:
+            model.load_state_dict(state_dict, strict=True)
 
 
 FAMILIES: dict[str, Family] = {}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_worker import run
@@ -58,3 +59,30 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     state = torch.load(tmp_path / "ddp" / "checkpoints" / f"step-{steps}.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng_per_rank"]) == 2
+
+
+def test_two_gloo_processes_evaluate_every_image_as_one_process(tmp_path):
+    """Sharded evaluation: each rank takes every other batch, and the gathered per-image values
+    (and so every figure) equal one process's exactly."""
+    import json
+
+    worker = Path(__file__).resolve().parent / "eval_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "one")], env=env, check=True,
+                   timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2", str(worker), str(tmp_path / "two")],
+                   env=env, check=True, timeout=300)
+    one = np.load(tmp_path / "one" / "per_image_test_bits_per_dim_raw.npy")
+    two = np.load(tmp_path / "two" / "per_image_test_bits_per_dim_raw.npy")
+    assert one.shape == (23,) and np.array_equal(one, two)
+    one_run = json.loads((tmp_path / "one" / "rows.json").read_text())
+    two_run = json.loads((tmp_path / "two" / "rows.json").read_text())
+    assert (one_run["world_size"], two_run["world_size"]) == (1, 2)
+    rows_one, rows_two = one_run["rows"], two_run["rows"]
+    figures = ("test_bits_per_dim", "test_bits_per_dim_ci95", "kl_bits_per_dim",
+               "distortion_bits_per_dim", "active_units", "iw_bits_per_dim")
+    assert [(r["metric"], r["value"]) for r in rows_one if r["metric"] in figures] == \
+        [(r["metric"], r["value"]) for r in rows_two if r["metric"] in figures]

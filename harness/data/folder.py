@@ -4,7 +4,8 @@ versions of ImageNet and FFHQ share.
 `image_folder` takes any folder (searched recursively, files in sorted relative-path order):
 `perm = RandomState(split_seed).permutation(n)`; test = the last `test_size`, validation = the
 `validation_size` before them, train = the rest in permuted order (defaults: a tenth each).
-Every image is converted to one mode ("L" when all files are greyscale, else "RGB", or the `mode`
+`test_size` may be every image (validation_size 0): an empty train split, for evaluating
+checkpoints. Every image is converted to one mode ("L" when all files are greyscale, else "RGB", or the `mode`
 option) and must have one size, unless `image_size` is given, in which case each is resized.
 Images are decoded lazily, batch by batch.
 """
@@ -115,7 +116,8 @@ def load_image_folder(data_dir: Path | None, *, path: str | Path | None = None,
     n = len(files)
     validation_size = n // 10 if validation_size is None else validation_size
     test_size = n // 10 if test_size is None else test_size
-    check_sizes(n, validation_size, test_size, what=f"dataset '{NAME}' ({folder})")
+    check_sizes(n, validation_size, test_size, what=f"dataset '{NAME}' ({folder})",
+                allow_empty_train=True)  # test_size = n: a folder to evaluate on only
     perm = seeded_permutation(n, split_seed)
     n_train = n - validation_size - test_size
     source = FileSource(files, mode, size_hw, resize=image_size is not None)

@@ -40,11 +40,14 @@ def split_first(n: int, seed: int, held_out: int, *, what: str) -> tuple[np.ndar
     return perm[held_out:], perm[:held_out]
 
 
-def check_sizes(n: int, *held_out: int, what: str) -> None:
-    """Every held-out size is a non-negative int and at least one image is left to train on."""
+def check_sizes(n: int, *held_out: int, what: str, allow_empty_train: bool = False) -> None:
+    """Every held-out size is a non-negative int and at least one image is left to train on
+    (with `allow_empty_train`, for a set that may be evaluated only: no more than all of them)."""
     for size in held_out:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise UserError(f"{what}: split sizes must be non-negative integers, got {size!r}")
+    if allow_empty_train and sum(held_out) <= n:
+        return
     if sum(held_out) >= n:
         raise UserError(f"{what}: only {n} images, too few for held-out splits of "
                         f"{' + '.join(str(s) for s in held_out)} and a non-empty train split; "

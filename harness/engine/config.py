@@ -34,7 +34,8 @@ class TrainConfig:
     """The experiment YAML's `train:` section, field for field. Units are in the names.
 
     `batch_size` is the GLOBAL batch: with W data-parallel ranks each takes batch_size / W.
-    Budgets: training stops at the first of `max_steps`, `max_epochs` (may be fractional) and
+    `max_steps` 0 trains nothing: the cell evaluates the weights it starts from (a model entry's
+    `checkpoint`). Budgets: training stops at the first of `max_steps`, `max_epochs` (may be fractional) and
     `max_wall_s` that is reached (None = no such limit; at least one must be set). Steps count
     iterations, skipped updates included. `grad_clip` / `skip_threshold` None = off (non-finite
     losses are always skipped). `checkpoint_every_steps` 0 = only at the end; `val_every_steps`
@@ -55,7 +56,7 @@ class TrainConfig:
     grad_clip: PositiveFloat | None = 200.0
     skip_threshold: PositiveFloat | None = 400.0
     max_consecutive_skips: PositiveInt = 100
-    max_steps: PositiveInt | None = 1000
+    max_steps: NonNegativeInt | None = 1000  # 0: no training (evaluate the start weights)
     max_epochs: PositiveFloat | None = None
     max_wall_s: PositiveFloat | None = None
     seed: NonNegativeInt = 0

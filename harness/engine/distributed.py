@@ -71,6 +71,15 @@ def setup(device_type: str) -> DistInfo:
     return info
 
 
+def current() -> DistInfo:
+    """This process's place in the initialised process group; one process when there is none
+    (evaluation shards over the ranks of a group that the runner or trainer has set up)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                        local_rank=env_info().local_rank)
+    return DistInfo()
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

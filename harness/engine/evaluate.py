@@ -97,27 +97,38 @@ def sharded_bits_per_dim(modules: dict[str, nn.Module], images, batch_size: int,
     return results, n
 
 
-def likelihood_pass(model: nn.Module, images, batch_size: int,
-                    noise_seed: int) -> tuple[dict[str, np.ndarray], float]:
+def likelihood_pass(model: nn.Module, images, batch_size: int, noise_seed: int,
+                    info: distributed.DistInfo | None = None
+                    ) -> tuple[dict[str, np.ndarray], float]:
     """Per-image float64 arrays of every (N,) and (N, L) entry of `model.loss` over all images,
-    and the pass's images/s (synchronised). Batches are seeded from (noise_seed, first index)."""
+    and the pass's images/s (synchronised, gathering included). Batches are seeded from
+    (noise_seed, first index).
+
+    Under torchrun (`info` with several ranks; collective: every rank calls it) the batches are
+    dealt round-robin to the ranks and the per-image values gathered, so every rank returns the
+    arrays one process computes: the same batches, the same seeds, the same values."""
+    info = info or distributed.DistInfo()
     device = throughput.model_device(model)
     n = images.shape[0]
-    arrays: dict[str, np.ndarray] = {}
     throughput.synchronize(device)
     start = time.perf_counter()
-    for first in range(0, n, batch_size):
+    mine: dict[int, dict[str, np.ndarray]] = {}  # first index -> key -> (b, ...) values
+    for first in list(range(0, n, batch_size))[info.rank::info.world_size]:
         batch = images[first:first + batch_size].to(device)  # (b, C, H, W) uint8
         torch.manual_seed(_batch_seed(noise_seed, first))
         out = model.loss(batch)
-        for key, value in out.items():
-            if not isinstance(value, torch.Tensor) or value.dim() not in (1, 2) \
-                    or value.shape[0] != batch.shape[0]:
-                continue
-            if key not in arrays:
-                arrays[key] = np.empty((n,) + tuple(value.shape[1:]), dtype=np.float64)
-            arrays[key][first:first + batch.shape[0]] = value.double().cpu().numpy()
+        mine[first] = {key: value.detach().double().cpu().numpy() for key, value in out.items()
+                       if isinstance(value, torch.Tensor) and value.dim() in (1, 2)
+                       and value.shape[0] == batch.shape[0]}
     throughput.synchronize(device)
+    shares = distributed.all_gather_object(mine, info) if info.enabled else [mine]
+    arrays: dict[str, np.ndarray] = {}
+    for share in shares:
+        for first, values in share.items():
+            for key, value in values.items():
+                if key not in arrays:
+                    arrays[key] = np.empty((n,) + value.shape[1:], dtype=np.float64)
+                arrays[key][first:first + value.shape[0]] = value
     return arrays, n / max(time.perf_counter() - start, 1e-9)
 
 
@@ -202,9 +213,10 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 
 
 def _weights_rows(name: str, model: nn.Module, family: registry.Family, images,
-                  config: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
+                  config: EvalConfig, out_dir: Path,
+                  likelihoods: tuple[dict[str, np.ndarray], float]) -> list[dict[str, Any]]:
     batch_size = config.batch_size_on(throughput.model_device(model).type)
-    arrays, images_per_s = likelihood_pass(model, images, batch_size, config.noise_seed)
+    arrays, images_per_s = dict(likelihoods[0]), likelihoods[1]
     if "loss_nats_per_dim" not in arrays:
         raise UserError(f"model {type(model).__name__}.loss returned no (N,) "
                         f"'loss_nats_per_dim'; it cannot be evaluated")
@@ -286,8 +298,20 @@ def _cost_rows(model: nn.Module, family: registry.Family, images: torch.Tensor,
     return rows
 
 
+def _relabelled(rows: list[dict[str, Any]], source: str, name: str,
+                out_dir: Path) -> list[dict[str, Any]]:
+    """The rows and per-image files of weights `source` again under weights `name`."""
+    for kind in ("test", "iw"):
+        path = out_dir / f"per_image_{kind}_bits_per_dim_{source}.npy"
+        if path.is_file():
+            atomic.write_bytes(out_dir / f"per_image_{kind}_bits_per_dim_{name}.npy",
+                               path.read_bytes())
+    return [{**row, "weights": name} for row in rows if row.get("weights") == source]
+
+
 def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
-             config: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
+             config: EvalConfig, out_dir: Path,
+             info: distributed.DistInfo | None = None) -> list[dict[str, Any]]:
     """Evaluate each of `config.weights` (keys of `models`: "raw", "ema", models of `family`) on
     every test image; what beyond bits/dim is measured follows the family's declared
     capabilities and samplers (models.registry).
@@ -297,8 +321,14 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
     (float64, test-split order), `per_image_iw_bits_per_dim_<weights>.npy` when the IW bound is
     computed, and `samples.png` (drawn with the EMA weights when present). Returns tidy rows
     (docs/results.md); the caller adds experiment, cell, model and dataset. The caller's RNG state
-    is left as it was.
+    is left as it was. Names bound to one module (the raw and EMA weights of a zero-step run)
+    are evaluated once and reported under each name.
+
+    Under torchrun (`info`, default: the initialised process group; collective, every rank
+    calls it) the likelihood passes are sharded over the ranks (`likelihood_pass`); rank 0 then
+    measures the rest and writes every file, and the other ranks return [] at once.
     """
+    info = distributed.current() if info is None else info
     test_images = as_image_set(test_images, "test_images")
     missing = [name for name in config.weights if name not in models]
     if missing:
@@ -311,9 +341,24 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
     devices = [device.index or 0] if device.type == "cuda" else []
     rows: list[dict[str, Any]] = []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        first_name: dict[int, str] = {}  # id(module) -> the first weights name bound to it
+        passes = {}
         for name, model in chosen.items():
             model.eval()
-            rows += _weights_rows(name, model, family, test_images, config, out_dir)
+            if id(model) not in first_name:
+                first_name[id(model)] = name
+                batch_size = config.batch_size_on(throughput.model_device(model).type)
+                passes[name] = likelihood_pass(model, test_images, batch_size,
+                                               config.noise_seed, info)
+        if not info.is_main:
+            return []
+        for name, model in chosen.items():
+            same = first_name[id(model)]
+            if same != name:
+                rows += _relabelled(rows, same, name, out_dir)
+                continue
+            rows += _weights_rows(name, model, family, test_images, config, out_dir,
+                                  passes[name])
         sampling_model = chosen.get("ema", next(iter(chosen.values())))
         rows += _cost_rows(sampling_model, family, test_images, config, out_dir)
     return rows

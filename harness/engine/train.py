@@ -69,6 +69,16 @@ class TrainResult:
     resumed_from_step: int | None
     checkpoint_path: Path | None
 
+    @classmethod
+    def untrained(cls, model: nn.Module) -> "TrainResult":
+        """The result of a zero-step run: the starting weights, which are also the EMA (no update
+        was averaged), and zero training figures, so a cell's rows stay complete."""
+        return cls(model=model.eval(), ema_model=model, steps=0, epochs=0.0, images_seen=0,
+                   wall_s=0.0, train_images_per_s=0.0, skipped_updates=0, applied_updates=0,
+                   peak_memory_bytes=0, stopped_because="max_steps",
+                   final_loss_bits_per_dim=float("nan"), resumed_from_step=None,
+                   checkpoint_path=None)
+
     def metric_rows(self) -> list[dict[str, Any]]:
         """Tidy metric rows (docs/results.md) for the training figures."""
         return [{"metric": "train_images_per_s", "value": self.train_images_per_s},
@@ -313,7 +323,11 @@ def train(model: nn.Module, train_images, config: TrainConfig, run_dir: Path, *,
     Resumes from the newest good checkpoint in `run_dir/checkpoints` when there is one. Only the
     sampled batch of `train_images` is read and converted per step (memory-mapped input stays on
     disk). Raises UserError when updates are skipped `max_consecutive_skips` times in a row.
+    `max_steps` 0 trains nothing and writes nothing: the model comes back on the device, as is.
     """
+    if config.max_steps == 0:
+        device = resolve_device(config.device, distributed.env_info().local_rank)
+        return TrainResult.untrained(model.to(device))
     train_images = as_image_set(train_images, "train_images")
     if val_images is not None:
         val_images = as_image_set(val_images, "val_images")

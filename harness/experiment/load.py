@@ -12,12 +12,14 @@ model's own `train:`/`eval:`) < the sweep point < smoke overrides < `--set KEY=V
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from harness.checks import describe, field_types
 from harness.data import dataset_names
+from harness.data.paths import primary_root
 from harness.engine.config import EvalConfig, TrainConfig
 from harness.errors import UserError, closest
 from harness.experiment.schema import (
@@ -116,6 +118,9 @@ def _load_models(doc: Document, data: DataSpec | None) -> dict[str, ModelSpec]:
             except ValueError as error:
                 raise UserError(f"{doc.where(keys + ('family',))}: {error}") from None
         spec = build_dataclass(ModelSpec, section, doc, keys, name=name)
+        if spec.checkpoint is not None:
+            spec = dataclasses.replace(spec, checkpoint=resolve_checkpoint(spec.checkpoint,
+                                                                           doc.source))
         family = registry.get(spec.family)
         if spec.preset is not None:
             try:
@@ -145,6 +150,19 @@ def _load_models(doc: Document, data: DataSpec | None) -> dict[str, ModelSpec]:
                                 f"'{target}', which is itself matched to another model; "
                                 "match both to a number ('params') instead")
     return models
+
+
+def resolve_checkpoint(text: str, source: Path | str) -> str:
+    """A model entry's `checkpoint:` as an absolute path: `~` and environment variables expand
+    (`$HARNESS_DATA` to the harness data directory even when unset), a relative path is relative
+    to the experiment file's folder."""
+    text = text.replace("${HARNESS_DATA}", "$HARNESS_DATA")
+    if "$HARNESS_DATA" in text and "HARNESS_DATA" not in os.environ:
+        text = text.replace("$HARNESS_DATA", str(primary_root(None)))
+    path = Path(os.path.expandvars(text)).expanduser()
+    if not path.is_absolute():
+        path = Path(source).resolve().parent / path
+    return str(path)
 
 
 def sweep_key_choices(family: registry.Family) -> list[str]:

@@ -18,6 +18,8 @@ File layout (every section optional except `models`; experiments/smoke.yaml has 
         preset: fmnist_400k           # optional; `config:` fields override it
         config: {zdim: 16}
         match: {params: 400000}       # or {params_of: other_model}: solve the family's size field
+        checkpoint: ckpt/x-model-ema.th  # start from these weights (relative: to this file;
+                                      # $HARNESS_DATA expands); train.max_steps 0: evaluate only
         seed: 0
         kind: train                   # train | speed (sampling speed of untrained weights)
         train: {lr: 3e-4}             # per-model TrainConfig overrides
@@ -107,6 +109,7 @@ class ModelSpec:
     preset: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     match: MatchSpec | None = None
+    checkpoint: str | None = None  # weights file (harness.engine.weights), absolute once loaded
     seed: NonNegativeInt = 0
     kind: Literal["train", "speed"] = "train"
     train: dict[str, Any] = field(default_factory=dict)
@@ -183,13 +186,14 @@ class Cell:
     params: int | None = None
     effective_depth: int | None = None            # G of a hierarchical VAE, else None
     match: dict | None = None  # {"field", "value", "target_params", "params"} when matched
+    checkpoint: str | None = None  # absolute path of the weights the cell starts from
 
     def record(self) -> dict:
         """Plain-data description for plan.json and config.json."""
         return {"name": self.name, "kind": self.kind, "model": self.model,
                 "family": self.family, "seed": self.seed, "point": to_plain(self.point),
                 "effective_depth": self.effective_depth, "params": self.params,
-                "match": self.match,
+                "match": self.match, "checkpoint": self.checkpoint,
                 "model_config": to_plain(self.model_config), "train": to_plain(self.train),
                 "eval": to_plain(self.eval)}
 

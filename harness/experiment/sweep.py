@@ -241,6 +241,7 @@ class _Expander:
             cells.append(Cell(name=name, kind=spec.kind, model=spec.name, family=spec.family,
                               seed=seed, point=resolved, model_config=config, train=train,
                               eval=evaluation, params=params, match=match_record,
+                              checkpoint=spec.checkpoint,
                               effective_depth=registry.get(spec.family).effective_depth(config)))
         return cells
 

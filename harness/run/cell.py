@@ -2,8 +2,10 @@
 
 Three kinds of cell:
 
-* `train`: build the model, train it (resuming from `checkpoints/` when a previous attempt was
-  interrupted), evaluate raw and EMA weights on the test images, record the training figures;
+* `train`: build the model (with the weights of the model entry's `checkpoint` when it names
+  one), train it (resuming from `checkpoints/` when a previous attempt was interrupted; nothing
+  when `train.max_steps` is 0), evaluate raw and EMA weights on the test images, record the
+  training figures;
 * `speed`: sampling throughput of an untrained model (sampling speed does not depend on the
   weights' values: the same operations run whatever they are);
 * `codec`: per-image PNG / WebP-lossless bits/dim of the same test images (`harness.engine.codecs`).
@@ -29,12 +31,13 @@ import torch
 from harness import atomic
 from harness.contract import CONFIG_FILE, ROWS_FILE, STATUS_FILE, ci95
 from harness.data import load_dataset
-from harness.engine import codecs, throughput
+from harness.engine import codecs, throughput, weights
 from harness.engine.evaluate import evaluate, samplers, save_npy
 from harness.engine.train import train
 from harness.errors import UserError
 from harness.experiment.schema import Cell, DataSpec, SpeedSpec
 from harness.plain import to_plain
+from harness.report.published import PUBLISHED_CHECKPOINTS, checkpoint_url
 from harness.run.provenance import cell_provenance
 from models import registry
 
@@ -124,36 +127,95 @@ def _check_shape(splits, cell: Cell) -> None:
                         "image_channels to match")
 
 
-def train_follower(cell: Cell, context: CellContext, cell_dir: Path) -> None:
-    """A non-zero torchrun rank's share of a train cell: the data-parallel training only (rank 0
-    evaluates and writes every file)."""
-    splits = load_splits(context.data)
+def starting_models(cell: Cell) -> tuple[dict[str, torch.nn.Module], dict | None]:
+    """The cell's model, seeded, with the weights of its `checkpoint` when it names one, as
+    {"raw": model} (plus "ema" when a zero-step cell evaluates a harness checkpoint's EMA), and
+    the checkpoint's provenance (file name, sha256, layout) or None."""
+    family = registry.get(cell.family)
     torch.manual_seed(cell.seed)
-    model = registry.get(cell.family).build_model(cell.model_config)
-    if cell.train.activation_checkpointing:
+    model = family.build_model(cell.model_config)
+    if cell.train.activation_checkpointing:  # the sweep checked that the family can
         model.use_activation_checkpointing(True)
-    val_images = None
-    if cell.train.val_every_steps:
-        val_images = _first(splits.validation, context.data.validation_images)
-    train(model, _first(splits.train, context.data.train_images), cell.train, cell_dir,
-          val_images=val_images)
+    if cell.checkpoint is None:
+        return {"raw": model}, None
+    weights_file = weights.read_weights_file(cell.checkpoint)
+    models = {"raw": weights.load_weights(model, family, weights_file, "raw", cell.model)}
+    if cell.train.max_steps == 0 and weights_file.layout == "harness" \
+            and "ema" in cell.eval.weights:
+        ema = family.build_model(cell.model_config)
+        models["ema"] = weights.load_weights(ema, family, weights_file, "ema", cell.model)
+    return models, weights_file.provenance()
 
 
-def _train_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+def check_checkpoints(cells) -> None:
+    """Refuse (UserError) a cell's checkpoint that cannot be read or does not fit its model."""
+    released = {name: preset for preset, entry in PUBLISHED_CHECKPOINTS.items()
+                for name in entry[3:] if name}
+    for cell in cells:
+        if cell.checkpoint is None or cell.kind != "train":
+            continue
+        path = Path(cell.checkpoint)
+        if not path.is_file():
+            preset = released.get(path.name)
+            where = (f"it is the reference's released {preset} checkpoint: download it from "
+                     f"{checkpoint_url(preset, path.name)}" if preset
+                     else "check the model entry's checkpoint: path")
+            raise UserError(f"cell {cell.name}: checkpoint {path} not found; {where}")
+        weights.check_fits(path, registry.get(cell.family), cell.model_config, cell.model)
+
+
+def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
+    """Train (from the cell's starting weights) and evaluate; every torchrun rank runs it (rank
+    0 gets the rows). Returns (rows, TrainResult, checkpoint provenance or None)."""
     family = registry.get(cell.family)
     splits = load_splits(context.data)
     _check_shape(splits, cell)
-    torch.manual_seed(cell.seed)
-    model = family.build_model(cell.model_config)
-    if cell.train.activation_checkpointing:  # the sweep checked the family can
-        model.use_activation_checkpointing(True)
-    train_images = _first(splits.train, context.data.train_images)
+    models, checkpoint = starting_models(cell)
     val_images = None
     if cell.train.val_every_steps:
         val_images = _first(splits.validation, context.data.validation_images)
-    result = train(model, train_images, cell.train, cell_dir, val_images=val_images)
-    rows = evaluate({"raw": result.model, "ema": result.ema_model}, family,
-                    _first(splits.test, context.data.test_images), cell.eval, cell_dir)
+    result = train(models["raw"], _first(splits.train, context.data.train_images), cell.train,
+                   cell_dir, val_images=val_images)
+    evaluated = {"raw": result.model, "ema": result.ema_model}
+    if "ema" in models:  # a zero-step cell on a harness checkpoint: its own EMA weights
+        evaluated["ema"] = models["ema"].to(throughput.model_device(result.model))
+    rows = evaluate(evaluated, family, _first(splits.test, context.data.test_images),
+                    cell.eval, cell_dir)
+    return rows, result, checkpoint
+
+
+def train_follower(cell: Cell, context: CellContext, cell_dir: Path) -> None:
+    """A non-zero torchrun rank's share of a train cell: the data-parallel training and its
+    shard of the evaluation's likelihood passes (rank 0 writes every file)."""
+    _train_and_evaluate(cell, context, cell_dir)
+
+
+def _record_checkpoint(cell_dir: Path, checkpoint: dict | None, splits) -> None:
+    """Add the starting checkpoint and the evaluation conventions to provenance.json."""
+    path = Path(cell_dir) / "provenance.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    record["checkpoint"] = checkpoint
+    record["evaluation"] = evaluation_conventions(splits)
+    atomic.write_json(path, record)
+
+
+def evaluation_conventions(splits) -> dict:
+    """How the test figures were taken, and where the reference implementation differs."""
+    provenance = splits.provenance
+    return {"images": "every test image, the last partial batch included (the reference's "
+                      "evaluation drops it: drop_last=True)",
+            "n_bits": splits.n_bits,
+            "quantisation": "8-bit levels x/127.5 - 1" if splits.n_bits == 8 else
+            f"{splits.n_bits}-bit levels 2k/(2^{splits.n_bits} - 1) - 1 with k = x >> "
+            f"{8 - splits.n_bits} (the reference maps floor(x/8)*8 to [-1, 1] with a bin "
+            "half-width of 1/31; its figures are not exactly comparable)",
+            "dataset_version": provenance.get("version"),
+            "objective": "one posterior sample, analytic KL (VAE); exact NLL (autoregressive)"}
+
+
+def _train_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+    rows, result, checkpoint = _train_and_evaluate(cell, context, cell_dir)
+    _record_checkpoint(cell_dir, checkpoint, load_splits(context.data))
     rows += result.metric_rows()
     return rows, {"steps": result.steps, "stopped_because": result.stopped_because,
                   "resumed_from_step": result.resumed_from_step}

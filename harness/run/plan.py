@@ -227,7 +227,7 @@ def memory_per_cell(cells: list[Cell]) -> dict[str, int]:
     found: dict[tuple, int] = {}
     memory = {}
     for cell in cells:
-        if cell.kind != "train":
+        if cell.kind != "train" or cell.train.max_steps == 0:  # zero steps: evaluation only
             continue
         key = (config_key(cell), cell.train.batch_size, cell.train.activation_checkpointing)
         if key not in found:
@@ -269,7 +269,8 @@ def probe_models(cells: list[Cell], flops: dict[str, float], probe_steps: int, j
                                                cell.eval.n_grid_samples) if b)
             naive_batches = (cell.eval.sample_batch_size,)
         tasks[group] = (cell.family, cell.model_config, batch, _eval_batch(cell),
-                        probe_steps if cell.kind == "train" else 0, sample_batches,
+                        probe_steps if cell.kind == "train" and cell.train.max_steps != 0
+                        else 0, sample_batches,
                         naive_batches)
     if not tasks:
         return {}

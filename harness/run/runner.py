@@ -32,8 +32,8 @@ from harness.experiment.load import load_experiment
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.report import build_report
 from harness.run import locks
-from harness.run.cell import (CellContext, load_splits, read_rows, read_status, run_cell,
-                              train_follower, write_status)
+from harness.run.cell import (CellContext, check_checkpoints, load_splits, read_rows, read_status,
+                              run_cell, train_follower, write_status)
 from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
@@ -217,8 +217,9 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
 def _run_cells_distributed(pending, context, root: Path, summary_cells,
                            summary_weights: str, info) -> tuple[list[str], list[str]]:
     """Under torchrun: every rank runs the same cells in the same order; rank 0 claims locks,
-    evaluates and writes all files, the other ranks join the data-parallel training and then
-    wait (polling status.json, not a collective, so a long evaluation cannot time out NCCL)."""
+    evaluates and writes all files, the other ranks join the data-parallel training and the
+    sharded likelihood passes of the evaluation, then wait (polling status.json, not a
+    collective, so rank 0's remaining evaluation cannot time out NCCL)."""
     order = [[c.name for c in pending] if info.is_main else None]
     dist.broadcast_object_list(order, src=0)  # rank 0's order (longest first) for every rank
     by_name = {c.name: c for c in summary_cells}
@@ -372,6 +373,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     if info.enabled and not info.is_main:
         _run_cells_distributed([], context, root, cells, experiment.runner.summary_weights, info)
         return 0
+    check_checkpoints(cells)  # a bad weights file: one line, exit 2, before any cell runs
     plan = make_plan(experiment, cells, jobs, threads, n_train, n_test, dims)
     print_plan(experiment, plan, cells, None if dry_run else root, statuses)
     if dry_run:
