@@ -5,6 +5,7 @@ file's expected bits/dim, within the one-sample ELBO's noise over those images."
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -157,3 +158,57 @@ def test_checkpoint_paths_resolve_and_a_missing_release_says_where_to_get_it(tmp
         check_checkpoints(cells)
     with pytest.raises(UserError, match=r"cell b_s0: checkpoint .*mine.th not found; check"):
         check_checkpoints(cells[1:])
+
+
+@pytest.mark.slow
+def test_published_file_evaluates_what_is_there_and_skips_what_is_missing(
+        reference_files, tmp_path, monkeypatch, capsys):
+    """experiments/published_checkpoints.yaml's shape: models with their own `data:`; a model
+    whose release file or dataset is missing is skipped with where to get it, the others run,
+    and a re-run once the file is there runs it."""
+    folder, ref = reference_files
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "harness_data"))
+    monkeypatch.setenv("HARNESS_DOWNLOAD", "0")  # the missing dataset must not be fetched
+    release = "cifar10-seed0-iter-900000-model-ema.th"
+    images = (f"{{dataset: image_folder, options: {{path: {folder / 'images'}, "
+              "validation_size: 0, test_size: 4}}")
+    (folder / "published.yaml").write_text(f"""
+models:
+  tiny: {{family: vdvae, preset: cifar10_tiny, checkpoint: tiny-iter-0-model-ema.th,
+          data: {images}}}
+  released: {{family: vdvae, preset: cifar10_tiny, data: {images},
+              checkpoint: $HARNESS_DATA/checkpoints/{release}}}
+  nodata: {{family: vdvae, preset: cifar10_tiny, checkpoint: tiny-iter-0-model-ema.th,
+            data: {{dataset: cifar10, data_dir: {tmp_path / 'nowhere'}}}}}
+train: {{max_steps: 0}}
+{EVAL}
+runner: {{probe_steps: 0}}
+""")
+    results = folder / "published"
+    assert run_experiment(folder / "published.yaml", results_dir=results) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "harness_data" / "checkpoints" / release
+    assert (f"skipped: cell released_s0: checkpoint {path} not found; it is the reference's "
+            "released cifar10 checkpoint: download it from "
+            "https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets-2/"
+            f"{release}") in out
+    assert "skipped: cell nodata_s0: dataset 'cifar10': neither cifar-10-batches-py/ nor " \
+        "cifar-10-python.tar.gz found in" in out
+    with open(results / "summary.csv", newline="") as handle:
+        summary = {row["cell"]: row for row in csv.DictReader(handle)}
+    assert summary["tiny_s0"]["status"] == "done"
+    assert summary["tiny_s0"]["dataset"] == "image_folder"
+    assert summary["released_s0"]["status"] == summary["nodata_s0"]["status"] == "skipped"
+    assert "download it from" in summary["released_s0"]["error"]
+    _check_cell(results / "cells" / "tiny_s0", ref, "tiny-iter-0-model-ema.th")
+    assert (results / "published.pdf").is_file()  # the report takes skipped cells in its stride
+
+    (tmp_path / "harness_data" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "harness_data" / "checkpoints" / release).write_bytes(
+        (folder / "tiny-iter-0-model-ema.th").read_bytes())  # the release file arrives
+    assert run_experiment(folder / "published.yaml", results_dir=results) == 0
+    with open(results / "summary.csv", newline="") as handle:
+        summary = {row["cell"]: row for row in csv.DictReader(handle)}
+    assert summary["released_s0"]["status"] == "done"
+    assert summary["nodata_s0"]["status"] == "skipped"
+    assert summary["released_s0"]["test_bits_per_dim"] == summary["tiny_s0"]["test_bits_per_dim"]

@@ -5,8 +5,9 @@ versions of ImageNet and FFHQ share.
 `perm = RandomState(split_seed).permutation(n)`; test = the last `test_size`, validation = the
 `validation_size` before them, train = the rest in permuted order (defaults: a tenth each).
 `test_size` may be every image (validation_size 0): an empty train split, for evaluating
-checkpoints. Every image is converted to one mode ("L" when all files are greyscale, else "RGB", or the `mode`
-option) and must have one size, unless `image_size` is given, in which case each is resized.
+checkpoints. Every image is converted to one mode ("L" when all files are greyscale, else "RGB",
+or the `mode` option) and must have one size, unless `image_size` is given, in which case each is
+resized.
 Images are decoded lazily, batch by batch.
 """
 

@@ -118,6 +118,8 @@ def _load_models(doc: Document, data: DataSpec | None) -> dict[str, ModelSpec]:
             except ValueError as error:
                 raise UserError(f"{doc.where(keys + ('family',))}: {error}") from None
         spec = build_dataclass(ModelSpec, section, doc, keys, name=name)
+        if spec.data is not None:
+            _check_dataset_name(spec.data, doc, keys + ("data",))
         if spec.checkpoint is not None:
             spec = dataclasses.replace(spec, checkpoint=resolve_checkpoint(spec.checkpoint,
                                                                            doc.source))
@@ -131,9 +133,10 @@ def _load_models(doc: Document, data: DataSpec | None) -> dict[str, ModelSpec]:
         check_section_overrides(TrainConfig, spec.train, doc, keys + ("train",))
         check_section_overrides(EvalConfig, spec.eval, doc, keys + ("eval",))
         _check_sweep_keys(spec, family, doc, keys + ("sweep",))
-        if spec.kind == "train" and data is None:
+        if spec.kind == "train" and data is None and spec.data is None:
             raise UserError(f"{doc.where(keys)}: model '{name}' is trained (kind: train) but the "
-                            "file has no 'data' section naming a dataset")
+                            "file has no 'data' section naming a dataset (nor has the model its "
+                            "own 'data:')")
         models[name] = spec
     for name, spec in models.items():
         if spec.match is not None and spec.match.params_of is not None:
@@ -211,13 +214,17 @@ def _load_data(doc: Document) -> DataSpec | None:
     if raw is None:
         return None
     spec = build_dataclass(DataSpec, raw, doc, ("data",))
+    _check_dataset_name(spec, doc, ("data",))
+    return spec
+
+
+def _check_dataset_name(spec: DataSpec, doc: Document, keys: Keys) -> None:
     names = list(dataset_names())
     if spec.dataset not in names:
         hint = closest(spec.dataset, names)
-        raise UserError(f"{doc.where(('data', 'dataset'))}: unknown dataset '{spec.dataset}'."
+        raise UserError(f"{doc.where(keys + ('dataset',))}: unknown dataset '{spec.dataset}'."
                         + (f" Did you mean '{hint}'?" if hint else "")
                         + f" Valid: {', '.join(sorted(names))}")
-    return spec
 
 
 def load_experiment(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

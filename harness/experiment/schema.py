@@ -110,6 +110,7 @@ class ModelSpec:
     config: dict[str, Any] = field(default_factory=dict)
     match: MatchSpec | None = None
     checkpoint: str | None = None  # weights file (harness.engine.weights), absolute once loaded
+    data: DataSpec | None = None   # this model's dataset, when not the file's `data:`
     seed: NonNegativeInt = 0
     kind: Literal["train", "speed"] = "train"
     train: dict[str, Any] = field(default_factory=dict)
@@ -185,6 +186,7 @@ class Cell:
     eval: EvalConfig | None = None
     params: int | None = None
     effective_depth: int | None = None            # G of a hierarchical VAE, else None
+    data: DataSpec | None = None                  # what it trains and is scored on (train cells)
     match: dict | None = None  # {"field", "value", "target_params", "params"} when matched
     checkpoint: str | None = None  # absolute path of the weights the cell starts from
 

@@ -242,6 +242,8 @@ class _Expander:
                               seed=seed, point=resolved, model_config=config, train=train,
                               eval=evaluation, params=params, match=match_record,
                               checkpoint=spec.checkpoint,
+                              data=(spec.data or self.experiment.data) if spec.kind == "train"
+                              else None,
                               effective_depth=registry.get(spec.family).effective_depth(config)))
         return cells
 

@@ -147,39 +147,75 @@ def starting_models(cell: Cell) -> tuple[dict[str, torch.nn.Module], dict | None
     return models, weights_file.provenance()
 
 
-def check_checkpoints(cells) -> None:
-    """Refuse (UserError) a cell's checkpoint that cannot be read or does not fit its model."""
+def _missing_checkpoint(cell: Cell) -> str | None:
+    """'cell x: checkpoint P not found; <where to get it>', or None when the file is there."""
+    path = Path(cell.checkpoint)
+    if path.is_file():
+        return None
     released = {name: preset for preset, entry in PUBLISHED_CHECKPOINTS.items()
                 for name in entry[3:] if name}
+    preset = released.get(path.name)
+    where = (f"it is the reference's released {preset} checkpoint: download it from "
+             f"{checkpoint_url(preset, path.name)}" if preset
+             else "check the model entry's checkpoint: path")
+    return f"cell {cell.name}: checkpoint {path} not found; {where}"
+
+
+def check_checkpoints(cells) -> None:
+    """Refuse (UserError) a cell's checkpoint that is missing, cannot be read or does not fit
+    its model."""
     for cell in cells:
         if cell.checkpoint is None or cell.kind != "train":
             continue
-        path = Path(cell.checkpoint)
-        if not path.is_file():
-            preset = released.get(path.name)
-            where = (f"it is the reference's released {preset} checkpoint: download it from "
-                     f"{checkpoint_url(preset, path.name)}" if preset
-                     else "check the model entry's checkpoint: path")
-            raise UserError(f"cell {cell.name}: checkpoint {path} not found; {where}")
-        weights.check_fits(path, registry.get(cell.family), cell.model_config, cell.model)
+        missing = _missing_checkpoint(cell)
+        if missing:
+            raise UserError(missing)
+        weights.check_fits(Path(cell.checkpoint), registry.get(cell.family), cell.model_config,
+                           cell.model)
+
+
+def missing_inputs(cells, file_data: DataSpec | None) -> dict[str, str]:
+    """Cells that cannot run because an input they name is not there: a checkpoint file that
+    does not exist, or a model's own dataset (`models.<name>.data`) that does not load. Each gets
+    one line saying what is missing and where to get it; the runner skips those cells and runs
+    the others (experiments/published_checkpoints.yaml: evaluate the releases you have). The
+    file's own `data:` is not optional: it fails the run as before."""
+    reasons: dict[str, str] = {}
+    data_errors: dict[str, str | None] = {}
+    for cell in cells:
+        if cell.kind != "train":
+            continue
+        missing = _missing_checkpoint(cell) if cell.checkpoint is not None else None
+        if missing is None and cell.data is not None and cell.data != file_data:
+            key = json.dumps(to_plain(cell.data), sort_keys=True)
+            if key not in data_errors:
+                try:
+                    load_splits(cell.data)
+                    data_errors[key] = None
+                except UserError as error:
+                    data_errors[key] = f"cell {cell.name}: {error}"
+            missing = data_errors[key]
+        if missing is not None:
+            reasons[cell.name] = missing
+    return reasons
 
 
 def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
     """Train (from the cell's starting weights) and evaluate; every torchrun rank runs it (rank
     0 gets the rows). Returns (rows, TrainResult, checkpoint provenance or None)."""
     family = registry.get(cell.family)
-    splits = load_splits(context.data)
+    splits = load_splits(cell.data)
     _check_shape(splits, cell)
     models, checkpoint = starting_models(cell)
     val_images = None
     if cell.train.val_every_steps:
-        val_images = _first(splits.validation, context.data.validation_images)
-    result = train(models["raw"], _first(splits.train, context.data.train_images), cell.train,
+        val_images = _first(splits.validation, cell.data.validation_images)
+    result = train(models["raw"], _first(splits.train, cell.data.train_images), cell.train,
                    cell_dir, val_images=val_images)
     evaluated = {"raw": result.model, "ema": result.ema_model}
     if "ema" in models:  # a zero-step cell on a harness checkpoint: its own EMA weights
         evaluated["ema"] = models["ema"].to(throughput.model_device(result.model))
-    rows = evaluate(evaluated, family, _first(splits.test, context.data.test_images),
+    rows = evaluate(evaluated, family, _first(splits.test, cell.data.test_images),
                     cell.eval, cell_dir)
     return rows, result, checkpoint
 
@@ -215,7 +251,7 @@ def evaluation_conventions(splits) -> dict:
 
 def _train_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
     rows, result, checkpoint = _train_and_evaluate(cell, context, cell_dir)
-    _record_checkpoint(cell_dir, checkpoint, load_splits(context.data))
+    _record_checkpoint(cell_dir, checkpoint, load_splits(cell.data))
     rows += result.metric_rows()
     return rows, {"steps": result.steps, "stopped_because": result.stopped_because,
                   "resumed_from_step": result.resumed_from_step}
@@ -272,18 +308,26 @@ KINDS = {"train": _train_cell, "speed": _speed_cell, "codec": _codec_cell}
 # --------------------------------------------------------------------------- one cell
 
 
+def cell_data(cell: Cell, context: CellContext) -> DataSpec | None:
+    """The dataset a cell reads: its model's own (train cells), the file's (codec cells)."""
+    return cell.data if cell.kind == "train" else context.data if cell.kind == "codec" else None
+
+
 def _dataset_provenance(context: CellContext, cell: Cell) -> dict:
-    if context.data is None or cell.kind == "speed":
+    data = cell_data(cell, context)
+    if data is None:
         return {}
-    provenance = dict(load_splits(context.data).provenance)
-    provenance["used_images"] = {"train": context.data.train_images,
-                                 "validation": context.data.validation_images,
-                                 "test": context.data.test_images}
+    provenance = dict(load_splits(data).provenance)
+    provenance["used_images"] = {"train": data.train_images,
+                                 "validation": data.validation_images,
+                                 "test": data.test_images}
     return provenance
 
 
 def cell_config_record(cell: Cell, context: CellContext) -> dict:
-    return {"experiment": context.experiment, **cell.record(), "data": to_plain(context.data),
+    return {"experiment": context.experiment, **cell.record(),
+            # speed cells record the file's data too, as results folders always have
+            "data": to_plain(cell.data or context.data),
             "sampling_speed": to_plain(context.sampling_speed) if cell.kind == "speed" else None}
 
 
@@ -329,7 +373,7 @@ def run_cell(cell: Cell, context: CellContext, cell_dir: Path) -> dict:
 def decorate(row: dict, cell: Cell, context: CellContext) -> dict:
     """Add the keys every metrics row carries (docs/results.md), keeping the row's own."""
     base = {"experiment": context.experiment, "cell": cell.name, "model": cell.family,
-            "dataset": context.dataset if cell.kind != "speed" else "none"}
+            "dataset": cell_data(cell, context).dataset if cell.kind != "speed" else "none"}
     if cell.kind != "codec":
         base.update({"seed": cell.seed, "params": cell.params})
         if cell.effective_depth is not None:

@@ -32,8 +32,8 @@ from harness.experiment.load import load_experiment
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.report import build_report
 from harness.run import locks
-from harness.run.cell import (CellContext, check_checkpoints, load_splits, read_rows, read_status,
-                              run_cell, train_follower, write_status)
+from harness.run.cell import (CellContext, check_checkpoints, load_splits, missing_inputs,
+                              read_rows, read_status, run_cell, train_follower, write_status)
 from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
@@ -373,14 +373,28 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     if info.enabled and not info.is_main:
         _run_cells_distributed([], context, root, cells, experiment.runner.summary_weights, info)
         return 0
-    check_checkpoints(cells)  # a bad weights file: one line, exit 2, before any cell runs
-    plan = make_plan(experiment, cells, jobs, threads, n_train, n_test, dims)
-    print_plan(experiment, plan, cells, None if dry_run else root, statuses)
+    # A cell whose checkpoint file or own dataset is missing is skipped, with where to get it.
+    unavailable = missing_inputs(cells, experiment.data)
+    runnable = [c for c in cells if c.name not in unavailable]
+    if not runnable:
+        for reason in list(unavailable.values())[1:]:
+            _say(f"skipped: {reason}")
+        first = next(iter(unavailable.values()))
+        raise UserError(f"nothing to run: every cell lacks an input; {first}"
+                        if len(unavailable) > 1 else first)
+    check_checkpoints(runnable)  # a bad weights file: one line, exit 2, before any cell runs
+    plan = make_plan(experiment, runnable, jobs, threads, n_train, n_test, dims)
+    print_plan(experiment, plan, runnable, None if dry_run else root, statuses)
+    for reason in unavailable.values():
+        _say(f"skipped: {reason}")
     if dry_run:
         return 0
-    check_resumable(root, cells, context)
+    check_resumable(root, runnable, context)
 
     root.mkdir(parents=True, exist_ok=True)
+    for name, reason in unavailable.items():
+        cell_dir(root, name).mkdir(parents=True, exist_ok=True)
+        write_status(cell_dir(root, name), "skipped", error=reason)
     with locks.guard(root):
         atomic.write_text(root / "experiment.yaml", _yaml_text(experiment))
         atomic.write_json(root / "plan.json", {
@@ -388,9 +402,9 @@ def run_experiment(path: Path, results_dir: Path | None = None,
             "overrides": list(experiment.overrides), "smoke": experiment.smoke,
             "cells": [c.record() for c in cells]})
     estimates = {e.name: e.seconds for e in plan.cells}
-    pending = [c for c in cells if statuses[c.name] != "done"]
+    pending = [c for c in runnable if statuses[c.name] != "done"]
     pending.sort(key=lambda c: -estimates.get(c.name, 0.0))  # longest first: shortest makespan
-    skipped = len(cells) - len(pending)
+    skipped = len(runnable) - len(pending)
     if skipped:
         _say(f"{skipped} cell(s) already done; skipped")
     start = time.perf_counter()
@@ -403,7 +417,9 @@ def run_experiment(path: Path, results_dir: Path | None = None,
                                        summary_weights)
     rebuild_shared_files(root, cells, summary_weights)
     _say(f"{experiment.name}: {len(pending) - len(failed) - len(elsewhere)} cell(s) run in "
-         f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped, {len(failed)} failed"
+         f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped"
+         + (f" ({len(unavailable)} more for a missing input)" if unavailable else "")
+         + f", {len(failed)} failed"
          + (f", {len(elsewhere)} handled by another runner" if elsewhere else "")
          + f"; {root}/summary.csv")
     for name in failed:
