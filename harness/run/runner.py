@@ -6,6 +6,8 @@ results folder of docs/results.md and build the report.
   (status.json, summary row) and the others go on; the exit status is 1 if any cell failed.
 * `jobs` > 1 runs cells in that many spawned processes, each with `cores // jobs` torch threads
   (or `runner.threads_per_job`), longest cells first.
+* `--launcher slurm` (or `runner.launcher: slurm`) submits the pending cells as one Slurm job array
+  through submitit instead (harness.run.launchers.slurm) and, unless `--no-wait`, follows them.
 * Two runners on one results folder never run a cell twice: the process that runs a cell holds
   its lock (`harness.run.locks`); the shared files (`metrics.jsonl`, `summary.csv`) are rebuilt from
   the cells' own files, atomically, under an flock.
@@ -34,6 +36,7 @@ from harness.report import build_report
 from harness.run import locks
 from harness.run.cell import (CellContext, load_splits, read_rows, read_status, run_cell,
                               train_follower, write_status)
+from harness.run.launchers import slurm
 from harness.run.plan import Plan, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
@@ -266,6 +269,50 @@ def _run_cells_distributed(pending, context, root: Path, summary_cells,
     return failed, elsewhere
 
 
+def _run_on_slurm(experiment: ExperimentConfig, pending, context, root: Path, cells,
+                  wait: bool) -> tuple[list[str], list[str]] | None:
+    """Submit `pending` cells to Slurm and (with `wait`) follow them to the end; returns
+    (failed, left to other runners), or None when it returned right after submitting."""
+    spec = experiment.runner.slurm
+    weights = experiment.runner.summary_weights
+    queued = slurm.still_queued(root, pending)
+    for name, job in queued.items():
+        _say(f"  {name}: still queued or running as Slurm job {job}; not resubmitted")
+    submitted = slurm.submit([c for c in pending if c.name not in queued], context, root, spec,
+                             cells, weights, job_name=f"harness-{experiment.name}")
+    for job in submitted:
+        _say(f"→ {job.cell}: Slurm job {job.job_id}, log {job.stdout}")
+    if not wait:
+        _say(f"{experiment.name}: {len(submitted)} cell(s) submitted; follow them with "
+             f"`harness status {root}`, then build the report with `harness report {root}`")
+        return None
+    jobs = submitted + [slurm.submitted_from_record(name, slurm.read_launch(cell_dir(root, name)))
+                        for name in queued]
+    failed: list[str] = []
+    elsewhere: list[str] = []
+    ended = [0]
+
+    def on_change(job: slurm.Submitted, state: str) -> None:
+        _say(f"  {job.cell}: {state.lower()} (job {job.job_id})")
+
+    def on_end(job: slurm.Submitted, status: dict | None) -> None:
+        if status is None:
+            elsewhere.append(job.cell)
+            _say(f"  {job.cell}: running in another runner; skipped here")
+            return
+        ended[0] += 1
+        if status.get("status") != "done":
+            failed.append(job.cell)
+        detail = (f": {status.get('error')}" if status.get("status") == "failed"
+                  else _result_line(root, job.cell))
+        _say(f"[{ended[0]}/{len(jobs)}] {job.cell}: {status.get('status')} "
+             f"(job {job.job_id}){detail}")
+        rebuild_shared_files(root, cells, weights)
+
+    slurm.wait(root, jobs, spec.poll_s, on_change, on_end)
+    return failed, elsewhere
+
+
 def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root: Path | None,
                statuses: dict[str, str]) -> None:
     by_name = {e.name: e for e in plan.cells}
@@ -339,9 +386,16 @@ def _build_report(root: Path, explicit_results: bool) -> int:
 
 def run_experiment(path: Path, results_dir: Path | None = None,
                    overrides: list[str] | tuple[str, ...] = (), dry_run: bool = False,
-                   jobs: int | None = None) -> int:
-    """Run (or with `dry_run` only plan) an experiment file; returns the exit status."""
+                   jobs: int | None = None, launcher: str | None = None,
+                   wait: bool = True) -> int:
+    """Run (or with `dry_run` only plan) an experiment file; returns the exit status.
+
+    `launcher` ("local" or "slurm"; None: the file's runner.launcher) says where cells run;
+    `wait` False returns once Slurm has the cells."""
     experiment = load_experiment(Path(path), overrides=list(overrides or ()))
+    launcher = launcher or experiment.runner.launcher
+    if launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher must be 'local' or 'slurm', got {launcher!r}")
     cells = list(experiment.cells)
     jobs, threads = _jobs_and_threads(experiment, jobs)
     info = distributed.env_info()
@@ -391,7 +445,14 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         _say(f"{skipped} cell(s) already done; skipped")
     start = time.perf_counter()
     summary_weights = experiment.runner.summary_weights
-    if info.enabled:
+    if launcher == "slurm":
+        if info.enabled:
+            raise UserError("--launcher slurm submits jobs: run it once, not under torchrun")
+        outcome = _run_on_slurm(experiment, pending, context, root, cells, wait)
+        if outcome is None:
+            return 0
+        failed, elsewhere = outcome
+    elif info.enabled:
         failed, elsewhere = _run_cells_distributed(pending, context, root, cells,
                                                    summary_weights, info)
     else:
