@@ -118,7 +118,7 @@ def _write_conf(folder: Path) -> Path:
         "AccountingStorageType=accounting_storage/none",
         "JobAcctGatherType=jobacct_gather/none",
         "MinJobAge=600",
-        "KillWait=5",
+        "KillWait=2",  # a requeued or cancelled job is SIGKILLed 2 s after SIGTERM
         f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={_real_memory_mb()} "
         "State=UNKNOWN",
         f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",

@@ -49,10 +49,11 @@ def cell_states(root: Path) -> list[dict]:
             state = settled.get("status") if settled else "running"
         elif slurm_state == "RUNNING" and state == "pending":
             state = "running"
-        log = launch.get("stdout") or str(cell_dir(root, name) / "train_log.jsonl")
+        # The cell's own output (training progress, errors) is on stderr; submitit's on stdout.
+        last = (slurm.log_tail(launch.get("stderr"), lines=1, skip_prefix="submitit ")
+                or slurm.log_tail(launch.get("stdout"), lines=1, skip_prefix="submitit "))
         rows.append({"cell": name, "state": state, "job_id": job_id, "slurm_state": slurm_state,
-                     "last_log_line": slurm.log_tail(log, lines=1,
-                                                        skip_prefix="submitit ")})
+                     "last_log_line": last})
     return rows
 
 

@@ -194,7 +194,9 @@ def settle(root: Path, job: Submitted, state: str | None) -> dict | None:
     if _held_elsewhere(root, job.cell):
         return None
     tail = log_tail(job.stderr) or log_tail(job.stdout)
-    ended = f"ended {state}" if state else "left the queue"
+    # Slurm forgets a pending array task the moment it is cancelled: no state to name then.
+    ended = (f"ended {state}" if state else "left Slurm's queue (cancelled while pending, or "
+             "ended longer ago than MinJobAge)")
     error = (f"Slurm job {job.job_id} {ended} before the cell finished"
              + (f"; log: {tail}" if tail else "") + f" ({job.stderr})")
     status = {"status": "failed", "error": error, "wall_s": status.get("wall_s"),
