@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOCK_NAME = "lock"
+EXIT_LOCKED = 3  # exit status of a worker process that found its cell claimed by another runner
 
 
 def _process_start_ticks(pid: int) -> int | None:

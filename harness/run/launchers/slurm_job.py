@@ -46,7 +46,9 @@ class CellJob(submitit.helpers.Checkpointable):
         torch.set_num_threads(max(1, threads))
         root = Path(self.root)
         if int(os.environ.get("SLURM_NTASKS") or 1) > 1:
-            return self._distributed(cell, root)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                 overwrite=True)
+            return self.run_distributed(cell)
         lock = locks.CellLock(cell_dir(root, cell.name), root)
         if not lock.acquire():
             return HELD_ELSEWHERE
@@ -60,26 +62,33 @@ class CellJob(submitit.helpers.Checkpointable):
         rebuild_shared_files(root, list(self.cells), self.summary_weights)
         return str(status.get("status"))
 
-    def _distributed(self, cell: Cell, root: Path) -> str:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                             overwrite=True)
+    def run_distributed(self, cell: Cell) -> str:
+        """Every rank of a torchrun-style process group (RANK, WORLD_SIZE, MASTER_ADDR in the
+        environment) runs this: rank 0 claims the lock, trains, evaluates and writes."""
+        root = Path(self.root)
         info = distributed.setup("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            return self._ranks(cell, root, info)
+        finally:
+            distributed.teardown()
+
+    def _ranks(self, cell: Cell, root: Path, info) -> str:
         directory = cell_dir(root, cell.name)
         lock = locks.CellLock(directory, root)
-        decision = [False]
+        run = False
         if info.is_main:
-            decision = [lock.acquire() and read_status(directory).get("status") != "done"]
-            if lock.acquired and not decision[0]:
+            run = lock.acquire() and read_status(directory).get("status") != "done"
+            if lock.acquired and not run:
                 lock.release()
-            if decision[0]:  # before the broadcast: no rank may read an old "failed" below
+            if run:  # before the broadcast: no rank may read an old "failed" below
                 write_status(directory, "running", wall_s=read_status(directory).get("wall_s"))
-        decision = [distributed.broadcast_object(decision[0], info)]
-        if not decision[0]:
+        if not distributed.broadcast_object(run, info):
             return HELD_ELSEWHERE
         if info.is_main:
             try:
                 status = run_cell(cell, self.context, directory)
-                record_job(directory)
+                if locks.slurm_job_id() is not None:
+                    record_job(directory)
             finally:
                 lock.release()
             rebuild_shared_files(root, list(self.cells), self.summary_weights)
