@@ -470,6 +470,9 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     launcher = launcher or experiment.runner.launcher
     if launcher not in ("local", "slurm"):
         raise UserError(f"--launcher must be 'local' or 'slurm', got {launcher!r}")
+    if not wait and launcher != "slurm":
+        raise UserError("--no-wait returns after submitting to Slurm: add --launcher slurm "
+                        "(or runner.launcher: slurm); local cells run in this command")
     cells = list(experiment.cells)
     jobs, threads = _jobs_and_threads(experiment, jobs)
     info = distributed.env_info()

@@ -35,7 +35,10 @@ def cell_states(root: Path) -> list[dict]:
     names = _cell_names(root)
     launches = {name: slurm.read_launch(cell_dir(root, name)) for name in names}
     job_ids = sorted({str(r["job_id"]) for r in launches.values() if r.get("job_id")})
-    live = slurm.job_states(job_ids) if job_ids else {}
+    try:
+        live = slurm.job_states(job_ids) if job_ids else {}
+    except UserError:  # no Slurm commands here (e.g. a copied results folder): files only
+        live = None
     rows = []
     for name in names:
         status = read_status(cell_dir(root, name))
