@@ -26,6 +26,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides=args.set,
         dry_run=args.dry_run,
         jobs=args.jobs,
+        launcher=args.launcher,
+        wait=not args.no_wait,
     )
 
 
@@ -41,6 +43,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     build_report(Path(args.results_dir), out_dir=Path(args.out) if args.out else None)
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.run.status import print_status
+
+    return print_status(Path(args.results_dir))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -76,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     run.add_argument("--jobs", type=int, default=None, metavar="N",
                      help="run N cells in parallel processes (default: the file's runner.jobs)")
+    run.add_argument("--launcher", choices=("local", "slurm"), default=None,
+                     help="where cells run (default: the file's runner.launcher, else local)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="with --launcher slurm: return once the jobs are submitted")
     run.set_defaults(func=_cmd_run)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a weights file (a released reference "
@@ -89,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--results", metavar="DIR",
                           help="results folder (default results/evaluate_<file>/)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    status = sub.add_parser("status", help="every cell's state, Slurm job id and last log line")
+    status.add_argument("results_dir", help="results/<experiment>/")
+    status.set_defaults(func=_cmd_status)
 
     report = sub.add_parser("report", help="rebuild tables, figures and PDF from a results folder")
     report.add_argument("results_dir", help="results/<experiment>/")

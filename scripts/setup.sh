@@ -24,7 +24,7 @@ if ! python -c "import torch" 2>/dev/null; then
     echo "setup: installing $TORCH_SPEC" >&2
     pip_install "$TORCH_SPEC"
 fi
-if ! python -c "import harness, pytest_benchmark, seaborn, PIL" 2>/dev/null \
+if ! python -c "import harness, pytest_benchmark, seaborn, PIL, submitit" 2>/dev/null \
         || [ pyproject.toml -nt .venv/.harness-installed ]; then
     echo "setup: installing the harness and its dependencies" >&2
     pip_install -e ".[dev]"
@@ -39,4 +39,15 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
         || { apt-get update -qq >/dev/null 2>&1 \
              && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) \
         || echo "setup: could not install dataset-fashion-mnist; tests needing it will skip" >&2
+fi
+
+# A one-node Slurm cluster for the launcher tests (tests/slurm_cluster.py starts it): Debian's
+# slurm-wlm and munge, when apt is here and we are root. Without them those tests skip.
+if ! command -v slurmctld >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmctld ] \
+        && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing slurm-wlm and munge (apt)" >&2
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1; }) \
+        || echo "setup: could not install slurm-wlm/munge; the Slurm tests will skip" >&2
 fi

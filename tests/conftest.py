@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from slurm_cluster import missing_reason, start_cluster
 
 torch.set_num_threads(1)
 
@@ -42,3 +43,23 @@ def reference_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm cluster on this machine (tests/slurm_cluster.py), for the whole session;
+    SLURM_CONF points the client commands at it. Skipped with a reason when Slurm is absent."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous

@@ -31,7 +31,11 @@ File layout (every section optional except `models`; experiments/smoke.yaml has 
     eval: {...}                       # EvalConfig fields (experiment-wide)
     codecs: [png, webp]               # reference rows on the same test images
     sampling_speed: {batch_sizes: [1, 16], repeats: 3, warmup: 1}
-    runner: {jobs: 2, threads_per_job: null, summary_weights: raw, report: true}
+    runner: {jobs: 2, threads_per_job: null, summary_weights: raw, report: true,
+             launcher: local, gpus: null, gpus_per_cell: 1,   # local | slurm; GPU ids
+             slurm: {partition: gpu, gpus_per_cell: 1, cpus_per_cell: 8, mem_gb: 64,
+                     time_min: 240, account: null, qos: null, array_parallelism: null,
+                     additional: {constraint: a100}}}
     smoke: false                      # `--set smoke=true` shrinks the run to seconds
     smoke_overrides: {train.max_steps: 4}  # dotted keys applied when smoke is on
 """
@@ -150,6 +154,25 @@ class SpeedSpec:
 
 
 @dataclass(frozen=True)
+class SlurmSpec:
+    """`runner.slurm:`: what each cell's Slurm job asks for (harness.run.slurm submits them)."""
+
+    partition: str | None = None                # None: the cluster's default partition
+    gpus_per_cell: NonNegativeInt = 0           # > 1: that many tasks of one job, DDP
+    cpus_per_cell: PositiveInt = 1              # per task
+    mem_gb: PositiveFloat | None = None         # per job; None: the partition's default
+    time_min: PositiveInt = 60                  # past it Slurm signals, the cell requeues
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: PositiveInt | None = None  # cells running at once; None: all
+    additional: dict[str, Any] = field(default_factory=dict)  # more sbatch parameters
+    poll_s: PositiveFloat = 2.0                 # how often a waiting run asks squeue
+
+    def __post_init__(self):
+        validate_fields(self)
+
+
+@dataclass(frozen=True)
 class RunnerSpec:
     jobs: PositiveInt = 1                       # cells in parallel processes
     threads_per_job: PositiveInt | None = None  # torch threads per process; None: cores // jobs
@@ -159,9 +182,15 @@ class RunnerSpec:
     time_budget_min: PositiveFloat | None = None  # the plan warns when its estimate is over
     estimate: Literal["probe", "flops"] = "probe"  # how the plan estimates time
     flops_per_s: PositiveFloat | None = None    # sustained rate assumed by estimate: flops
+    launcher: Literal["local", "slurm"] = "local"  # `--launcher` overrides it
+    gpus: tuple[NonNegativeInt, ...] | None = None  # local GPUs to use; None: all visible
+    gpus_per_cell: PositiveInt = 1              # local GPUs per cell; > 1 runs under torchrun
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
 
     def __post_init__(self):
         validate_fields(self)
+        if self.gpus is not None and len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus: each GPU once, got {list(self.gpus)}")
         if self.estimate == "flops" and self.flops_per_s is None:
             raise ValueError("flops_per_s: estimate 'flops' needs a positive flops_per_s "
                              "(the sustained FLOP/s of the machine you will run on)")

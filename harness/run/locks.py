@@ -3,8 +3,9 @@
 A lock is claimed by creating `cells/<cell>/lock` with O_CREAT | O_EXCL (atomic on local
 filesystems: exactly one creator wins) and writing the holder's pid, host and process start time
 into it. A lock whose holder is on this host and no longer alive (or whose pid now belongs to a
-different process) is stale and is reclaimed. Reclaiming and rebuilding the shared files happen
-under `fcntl.flock` on `<results>/.guard`, which the kernel releases when its holder dies, so two
+different process) is stale and is reclaimed. A lock taken inside a Slurm job also records the
+job's id: the same job after a requeue (on any node) reclaims its own earlier incarnation's
+lock. Reclaiming and rebuilding the shared files happen under `fcntl.flock` on `<results>/.guard`, which the kernel releases when its holder dies, so two
 runners cannot both break the same stale lock or interleave a rebuild.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOCK_NAME = "lock"
+EXIT_LOCKED = 3  # exit status of a worker process that found its cell claimed by another runner
 
 
 def _process_start_ticks(pid: int) -> int | None:
@@ -50,9 +52,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def slurm_job_id() -> str | None:
+    """This process's Slurm job id (`123_4` for an array task), None outside Slurm."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def holder_record() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "start_ticks": _process_start_ticks(os.getpid()), "claimed_at": time.time()}
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "start_ticks": _process_start_ticks(os.getpid()), "claimed_at": time.time()}
+    job = slurm_job_id()
+    if job is not None:
+        record["slurm_job_id"] = job
+    return record
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,9 @@ def is_stale(holder: dict, path: Path | None = None, grace_s: float = 10.0) -> b
         with contextlib.suppress(OSError):
             return time.time() - path.stat().st_mtime > grace_s
         return False
+    job = holder.get("slurm_job_id")
+    if job is not None and job == slurm_job_id() and holder.get("pid") != os.getpid():
+        return True  # our own job before Slurm requeued it: that process is gone
     if holder.get("host") != socket.gethostname():
         return False
     pid = holder.get("pid")

@@ -6,6 +6,8 @@ results folder of docs/results.md and build the report.
   (status.json, summary row) and the others go on; the exit status is 1 if any cell failed.
 * `jobs` > 1 runs cells in that many spawned processes, each with `cores // jobs` torch threads
   (or `runner.threads_per_job`), longest cells first.
+* `--launcher slurm` (or `runner.launcher: slurm`) submits the pending cells as one Slurm job array
+  through submitit instead (harness.run.launchers.slurm) and, unless `--no-wait`, follows them.
 * Two runners on one results folder never run a cell twice: the process that runs a cell holds
   its lock (`harness.run.locks`); the shared files (`metrics.jsonl`, `summary.csv`) are rebuilt from
   the cells' own files, atomically, under an flock.
@@ -13,8 +15,12 @@ results folder of docs/results.md and build the report.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import pickle
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,12 +40,14 @@ from harness.report import build_report
 from harness.run import locks
 from harness.run.cell import (CellContext, check_checkpoints, load_splits, missing_inputs,
                               read_rows, read_status, run_cell, train_follower, write_status)
+from harness.run.launchers import gpus, slurm
+from harness.run.launchers.slurm_job import CellJob
 from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
                                         rebuild_shared_files)
 
-EXIT_LOCKED = 3  # a worker found its cell claimed by another runner
+EXIT_LOCKED = locks.EXIT_LOCKED  # a worker found its cell claimed by another runner
 
 
 def _say(text: str) -> None:
@@ -79,7 +87,10 @@ def _run_locked(cell, context: CellContext, root: Path, announce=None) -> dict |
         lock.release()
 
 
-def _worker(cell, context: CellContext, root: str, threads: int) -> None:
+def _worker(cell, context: CellContext, root: str, threads: int,
+            devices: tuple[int, ...] = ()) -> None:
+    if devices:  # before anything initialises CUDA in this process
+        os.environ.update(gpus.cuda_env(devices))
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM → KeyboardInterrupt
     torch.set_num_threads(threads)
@@ -125,9 +136,48 @@ def _result_line(root: Path, name: str) -> str:
     return f", test {best['value']:.3f} bits/dim{weights}"
 
 
+class _Torchrun:
+    """A `torchrun` child running one cell on several local GPUs, looking like a Process."""
+
+    def __init__(self, cell, context: CellContext, root: Path, summary_cells, weights: str,
+                 devices: tuple[int, ...], threads: int):
+        job_file = cell_dir(root, cell.name) / "torchrun_job.pkl"
+        job_file.parent.mkdir(parents=True, exist_ok=True)
+        job = CellJob(context=context, root=str(root.resolve()), cells=tuple(summary_cells),
+                      summary_weights=weights)
+        atomic.write_bytes(job_file, pickle.dumps((job, cell)))
+        env = {**os.environ, **gpus.cuda_env(devices), "OMP_NUM_THREADS": str(threads)}
+        self.popen = subprocess.Popen(gpus.torchrun_command(job_file, len(devices)), env=env)
+        self.pid = self.popen.pid
+
+    def start(self) -> None:
+        pass  # started in __init__
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=timeout)
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.returncode
+
+
 def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
-               summary_cells, summary_weights: str) -> tuple[list[str], list[str]]:
-    """Run `pending` cells; return (failed names, names left to other runners)."""
+               summary_cells, summary_weights: str,
+               slots: list[tuple[int, ...]] = ()) -> tuple[list[str], list[str]]:
+    """Run `pending` cells; return (failed names, names left to other runners).
+
+    `slots` (local GPUs, harness.run.launchers.gpus): one device group per parallel job; a
+    cell runs on a free group, under torchrun when the group has several devices."""
+    slots = list(slots)
+    if slots:
+        jobs = len(slots)
     progress = _Progress(plan, len(pending), jobs)
     failed: list[str] = []
     elsewhere: list[str] = []
@@ -155,7 +205,7 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
         holder = locks.read_lock(cell_dir(root, cell.name) / locks.LOCK_NAME)
         return holder is not None and not locks.is_stale(holder, cell_dir(root, cell.name))
 
-    if jobs == 1:
+    if jobs == 1 and not slots:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -174,6 +224,8 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
         return failed, elsewhere
 
     spawn = multiprocessing.get_context("spawn")
+    free = list(slots)
+    devices_of: dict[str, tuple[int, ...]] = {}
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -181,18 +233,28 @@ def _run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
                 if held_elsewhere(cell):
                     finish(cell, None, 0.0)
                     continue
-                process = spawn.Process(target=_worker, name=f"harness-{cell.name}",
-                                        args=(cell, context, str(root), threads))
+                devices = free.pop(0) if slots else ()
+                devices_of[cell.name] = devices
+                if len(devices) > 1:
+                    process = _Torchrun(cell, context, root, summary_cells, summary_weights,
+                                        devices, threads)
+                else:
+                    process = spawn.Process(target=_worker, name=f"harness-{cell.name}",
+                                            args=(cell, context, str(root), threads, devices))
                 process.start()
                 running[cell.name] = (process, time.perf_counter())
+                where = f", {gpus.describe(devices)}" if devices else ""
                 _say(f"→ {cell.name} ({cell.kind}, est "
-                     f"{fmt_duration(progress.estimates.get(cell.name))}, pid {process.pid})")
+                     f"{fmt_duration(progress.estimates.get(cell.name))}, pid {process.pid}"
+                     f"{where})")
             time.sleep(0.2)
             for name, (process, started) in list(running.items()):
                 if process.is_alive():
                     continue
                 process.join()
                 del running[name]
+                if devices_of.get(name):
+                    free.append(devices_of.pop(name))
                 cell = next(c for c in pending if c.name == name)
                 status = read_status(cell_dir(root, name))
                 if process.exitcode == EXIT_LOCKED:
@@ -267,6 +329,50 @@ def _run_cells_distributed(pending, context, root: Path, summary_cells,
     return failed, elsewhere
 
 
+def _run_on_slurm(experiment: ExperimentConfig, pending, context, root: Path, cells,
+                  wait: bool) -> tuple[list[str], list[str]] | None:
+    """Submit `pending` cells to Slurm and (with `wait`) follow them to the end; returns
+    (failed, left to other runners), or None when it returned right after submitting."""
+    spec = experiment.runner.slurm
+    weights = experiment.runner.summary_weights
+    queued = slurm.still_queued(root, pending)
+    for name, job in queued.items():
+        _say(f"  {name}: still queued or running as Slurm job {job}; not resubmitted")
+    submitted = slurm.submit([c for c in pending if c.name not in queued], context, root, spec,
+                             cells, weights, job_name=f"harness-{experiment.name}")
+    for job in submitted:
+        _say(f"→ {job.cell}: Slurm job {job.job_id}, log {job.stdout}")
+    if not wait:
+        _say(f"{experiment.name}: {len(submitted)} cell(s) submitted; follow them with "
+             f"`harness status {root}`, then build the report with `harness report {root}`")
+        return None
+    jobs = submitted + [slurm.submitted_from_record(name, slurm.read_launch(cell_dir(root, name)))
+                        for name in queued]
+    failed: list[str] = []
+    elsewhere: list[str] = []
+    ended = [0]
+
+    def on_change(job: slurm.Submitted, state: str) -> None:
+        _say(f"  {job.cell}: {state.lower()} (job {job.job_id})")
+
+    def on_end(job: slurm.Submitted, status: dict | None) -> None:
+        if status is None:
+            elsewhere.append(job.cell)
+            _say(f"  {job.cell}: running in another runner; skipped here")
+            return
+        ended[0] += 1
+        if status.get("status") != "done":
+            failed.append(job.cell)
+        detail = (f": {status.get('error')}" if status.get("status") == "failed"
+                  else _result_line(root, job.cell))
+        _say(f"[{ended[0]}/{len(jobs)}] {job.cell}: {status.get('status')} "
+             f"(job {job.job_id}){detail}")
+        rebuild_shared_files(root, cells, weights)
+
+    slurm.wait(root, jobs, spec.poll_s, on_change, on_end)
+    return failed, elsewhere
+
+
 def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root: Path | None,
                statuses: dict[str, str]) -> None:
     by_name = {e.name: e for e in plan.cells}
@@ -314,6 +420,21 @@ def _jobs_and_threads(experiment: ExperimentConfig, jobs: int | None) -> tuple[i
     return chosen, threads
 
 
+def _gpu_slots(experiment: ExperimentConfig, jobs: int) -> list[tuple[int, ...]]:
+    """The local device group of each parallel job ([] without GPUs), said in the plan."""
+    runner = experiment.runner
+    usable = gpus.usable_gpus(runner.gpus, torch.cuda.device_count())
+    slots = gpus.device_slots(usable, jobs, runner.gpus_per_cell)
+    if slots:
+        _say(f"devices: {len(slots)} job(s), each on its own "
+             + "; ".join(gpus.describe(s) for s in slots)
+             + (f" under torchrun --nproc_per_node {runner.gpus_per_cell}"
+                if runner.gpus_per_cell > 1 else "") + "; a cell takes the next free one")
+    elif runner.gpus_per_cell > 1:
+        _say("note: no GPU visible: runner.gpus_per_cell is ignored and cells run on the CPU")
+    return slots
+
+
 def _data_sizes(experiment: ExperimentConfig) -> tuple[int | None, int | None, int | None]:
     """(train images, test images, dims per image) the cells will use, or Nones."""
     data = experiment.data
@@ -342,9 +463,19 @@ def _build_report(root: Path, explicit_results: bool) -> int:
 
 def run_experiment(path: Path, results_dir: Path | None = None,
                    overrides: list[str] | tuple[str, ...] = (), dry_run: bool = False,
-                   jobs: int | None = None) -> int:
-    """Run (or with `dry_run` only plan) an experiment file; returns the exit status."""
+                   jobs: int | None = None, launcher: str | None = None,
+                   wait: bool = True) -> int:
+    """Run (or with `dry_run` only plan) an experiment file; returns the exit status.
+
+    `launcher` ("local" or "slurm"; None: the file's runner.launcher) says where cells run;
+    `wait` False returns once Slurm has the cells."""
     experiment = load_experiment(Path(path), overrides=list(overrides or ()))
+    launcher = launcher or experiment.runner.launcher
+    if launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher must be 'local' or 'slurm', got {launcher!r}")
+    if not wait and launcher != "slurm":
+        raise UserError("--no-wait returns after submitting to Slurm: add --launcher slurm "
+                        "(or runner.launcher: slurm); local cells run in this command")
     cells = list(experiment.cells)
     jobs, threads = _jobs_and_threads(experiment, jobs)
     info = distributed.env_info()
@@ -387,6 +518,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     print_plan(experiment, plan, runnable, None if dry_run else root, statuses)
     for reason in unavailable.values():
         _say(f"skipped: {reason}")
+    slots = (_gpu_slots(experiment, jobs) if launcher == "local" and not info.enabled else [])
     if dry_run:
         return 0
     check_resumable(root, runnable, context)
@@ -409,12 +541,19 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         _say(f"{skipped} cell(s) already done; skipped")
     start = time.perf_counter()
     summary_weights = experiment.runner.summary_weights
-    if info.enabled:
+    if launcher == "slurm":
+        if info.enabled:
+            raise UserError("--launcher slurm submits jobs: run it once, not under torchrun")
+        outcome = _run_on_slurm(experiment, pending, context, root, cells, wait)
+        if outcome is None:
+            return 0
+        failed, elsewhere = outcome
+    elif info.enabled:
         failed, elsewhere = _run_cells_distributed(pending, context, root, cells,
                                                    summary_weights, info)
     else:
         failed, elsewhere = _run_cells(pending, context, root, jobs, threads, plan, cells,
-                                       summary_weights)
+                                       summary_weights, slots)
     rebuild_shared_files(root, cells, summary_weights)
     _say(f"{experiment.name}: {len(pending) - len(failed) - len(elsewhere)} cell(s) run in "
          f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped"

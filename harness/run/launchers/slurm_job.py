@@ -1,0 +1,116 @@
+"""What runs inside one Slurm job: one cell, under its lock, into the shared results folder.
+
+`CellJob` is pickled by submitit at submission and called on the compute node with one `Cell`.
+It is a `submitit.helpers.Checkpointable`: on Slurm's timeout or preemption signal submitit
+requeues the same call, and the trainer resumes from the newest checkpoint in the cell's folder
+(bit for bit, harness.engine.train), so a requeued cell ends with the same result as an
+uninterrupted one. A job requeued from outside (`scontrol requeue`) resumes the same way.
+
+A cell with several tasks (runner.slurm.gpus_per_cell > 1) runs the torchrun code path: the
+tasks form one process group from Slurm's variables, rank 0 holds the lock, trains with the
+others, evaluates and writes every file; the other ranks train and wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+import torch
+
+from harness.engine import distributed
+from harness.experiment.schema import Cell
+from harness.run import locks
+from harness.run.cell import CellContext, read_status, run_cell, train_follower, write_status
+from harness.run.results_folder import cell_dir, rebuild_shared_files
+
+LAUNCH_FILE = "slurm.json"  # cells/<cell>/slurm.json: job id and log paths, written at submission
+
+# What a job returns (submitit pickles it; the runner reads status.json, not this).
+HELD_ELSEWHERE = "held elsewhere"
+
+
+@dataclass
+class CellJob(submitit.helpers.Checkpointable):
+    context: CellContext
+    root: str
+    cells: tuple[Cell, ...]      # every cell of the experiment: the job rebuilds summary.csv
+    summary_weights: str
+
+    def __call__(self, cell: Cell) -> str:
+        threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
+        torch.set_num_threads(max(1, threads))
+        root = Path(self.root)
+        if int(os.environ.get("SLURM_NTASKS") or 1) > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                 overwrite=True)
+            return self.run_distributed(cell)
+        lock = locks.CellLock(cell_dir(root, cell.name), root)
+        if not lock.acquire():
+            return HELD_ELSEWHERE
+        try:
+            status = read_status(cell_dir(root, cell.name))
+            if status.get("status") != "done":
+                status = run_cell(cell, self.context, cell_dir(root, cell.name))
+            record_job(cell_dir(root, cell.name))
+        finally:
+            lock.release()
+        rebuild_shared_files(root, list(self.cells), self.summary_weights)
+        return str(status.get("status"))
+
+    def run_distributed(self, cell: Cell) -> str:
+        """Every rank of a torchrun-style process group (RANK, WORLD_SIZE, MASTER_ADDR in the
+        environment) runs this: rank 0 claims the lock, trains, evaluates and writes."""
+        root = Path(self.root)
+        info = distributed.setup("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            return self._ranks(cell, root, info)
+        finally:
+            distributed.teardown()
+
+    def _ranks(self, cell: Cell, root: Path, info) -> str:
+        directory = cell_dir(root, cell.name)
+        lock = locks.CellLock(directory, root)
+        run = False
+        if info.is_main:
+            run = lock.acquire() and read_status(directory).get("status") != "done"
+            if lock.acquired and not run:
+                lock.release()
+            if run:  # before the broadcast: no rank may read an old "failed" below
+                write_status(directory, "running", wall_s=read_status(directory).get("wall_s"))
+        if not distributed.broadcast_object(run, info):
+            return HELD_ELSEWHERE
+        if info.is_main:
+            try:
+                status = run_cell(cell, self.context, directory)
+                if locks.slurm_job_id() is not None:
+                    record_job(directory)
+            finally:
+                lock.release()
+            rebuild_shared_files(root, list(self.cells), self.summary_weights)
+            return str(status.get("status"))
+        if cell.kind == "train":
+            train_follower(cell, self.context, directory)
+        while read_status(directory).get("status") not in ("done", "failed"):
+            time.sleep(2.0)
+        return "follower"
+
+
+def record_job(directory: Path) -> None:
+    """Add this job's id and log path to the cell's status.json (the cell's own fields kept)."""
+    status = read_status(directory)
+    launch = read_launch(directory)
+    write_status(directory, **{**status, "slurm_job_id": locks.slurm_job_id(),
+                               "log": launch.get("stdout")})
+
+
+def read_launch(directory: Path) -> dict:
+    try:
+        value = json.loads((Path(directory) / LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
