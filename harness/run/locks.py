@@ -3,10 +3,11 @@
 A lock is claimed by creating `cells/<cell>/lock` with O_CREAT | O_EXCL (atomic on local
 filesystems: exactly one creator wins) and writing the holder's pid, host and process start time
 into it. A lock whose holder is on this host and no longer alive (or whose pid now belongs to a
-different process) is stale and is reclaimed. A lock taken inside a Slurm job also records the
-job's id: the same job after a requeue (on any node) reclaims its own earlier incarnation's
-lock. Reclaiming and rebuilding the shared files happen under `fcntl.flock` on `<results>/.guard`, which the kernel releases when its holder dies, so two
-runners cannot both break the same stale lock or interleave a rebuild.
+different process) is stale and is reclaimed. A lock taken inside a Slurm job also records the job's
+id: the same job after a requeue (on any node) reclaims its own earlier incarnation's lock.
+Reclaiming and rebuilding the shared files happen under `fcntl.flock` on `<results>/.guard`, which
+the kernel releases when its holder dies, so two runners cannot both break the same stale lock or
+interleave a rebuild.
 """
 
 from __future__ import annotations
