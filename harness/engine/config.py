@@ -36,12 +36,13 @@ class TrainConfig:
     `batch_size` is the GLOBAL batch: with W data-parallel ranks each takes batch_size / W.
     `max_steps` 0 trains nothing: the cell evaluates the weights it starts from (a model entry's
     `checkpoint`). Budgets: training stops at the first of `max_steps`, `max_epochs` (may be
-    fractional) and `max_wall_s` that is reached (None = no such limit; at least one must be
-    set). Steps count iterations, skipped updates included. `grad_clip` / `skip_threshold` None =
-    off (non-finite losses are always skipped). `checkpoint_every_steps` 0 = only at the end;
-    `val_every_steps` 0 = never. `num_threads` None = torch's default. `progress` "auto" = a tqdm bar on a terminal,
-    plain lines otherwise. `activation_checkpointing` recomputes each top-down block in backward
-    (families declaring ACTIVATION_CHECKPOINTING): less memory, the same trajectory.
+    fractional) and `max_wall_s` that is reached (None = no such limit; at least one must be set).
+    Steps count iterations, skipped updates included. `grad_clip` / `skip_threshold` None = off
+    (non-finite losses are always skipped). `checkpoint_every_steps` 0 = only at the end;
+    `val_every_steps` 0 = never. `num_threads` None = torch's default. `progress` "auto" = a tqdm
+    bar on a terminal, plain lines otherwise. `activation_checkpointing` recomputes each top-down
+    block in backward (families declaring ACTIVATION_CHECKPOINTING): less memory, the same
+    trajectory.
     """
 
     batch_size: PositiveInt = 32
