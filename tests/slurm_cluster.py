@@ -75,6 +75,7 @@ class Cluster:
         return {"SLURM_CONF": str(self.conf)}
 
     def stop(self) -> None:
+        self._cancel_jobs()
         for name in ("slurmd", "slurmctld", "munged"):
             process = self.processes.pop(name, None)
             if process is None:
@@ -85,6 +86,23 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+    def _cancel_jobs(self, timeout_s: float = 30.0) -> None:
+        """Cancel every job of this cluster and wait for the queue to drain: slurmd's job steps
+        (slurmstepd) outlive slurmd itself, so a job still running at the end would be left
+        behind as orphan processes."""
+        if "slurmctld" not in self.processes:
+            return
+        env = {**os.environ, **self.env}
+        subprocess.run([_binary("scancel"), "--full", "--user", str(os.getuid())], env=env,
+                       capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            queue = subprocess.run([_binary("squeue"), "--noheader"], env=env,
+                                   capture_output=True, text=True, timeout=30)
+            if queue.returncode != 0 or not queue.stdout.strip():
+                return
+            time.sleep(0.5)
 
 
 def _write_conf(folder: Path) -> Path:
