@@ -125,3 +125,18 @@ def test_symlinks_planted_in_the_results_folder_write_nothing_outside(sandbox, p
     assert (outside / "keep.txt").read_text() == "untouched"
     if code == 2:
         assert len(err.splitlines()) == 1 and "outside" in err, err
+
+
+# Regression: `re.match` with `$` accepts a trailing newline, so `name: "x\n"` ran into a folder
+# called 'x\n' (and a model 'm\n' named cells with a newline in them).
+@pytest.mark.parametrize("where", ["name", "model"])
+def test_a_trailing_newline_in_a_name_is_refused(sandbox, where):
+    if where == "name":
+        path = experiment(sandbox, name='"x\\n"')
+    else:
+        path = experiment(sandbox)
+        path.write_text(path.read_text().replace("speedy:", '"speedy\\n":'))
+    before = snapshot(sandbox)
+    code, err = harness("run", str(path))
+    assert code == 2 and len(err.splitlines()) == 1 and "name" in err, err
+    assert snapshot(sandbox) == before
