@@ -60,11 +60,11 @@ def summary(results: Path) -> list[dict]:
                 for row in csv.DictReader(handle)]
 
 
-def deterministic_view(results: Path) -> dict:
+def deterministic_view(results: Path, cells: tuple[str, ...] = CELLS) -> dict:
     """Everything a resumed run must reproduce exactly: the summary (timings dropped), every
     cell's non-timing metric rows and every per-image array, byte for byte."""
     view: dict = {"summary": summary(results)}
-    for name in CELLS:
+    for name in cells:
         cell = results / "cells" / name
         view[name] = sorted(json.dumps(r, sort_keys=True) for r in read_jsonl(cell / "metrics.jsonl")
                             if not any(t in r["metric"] for t in TIMING))
