@@ -7,6 +7,7 @@ Every subcommand is a thin shell over a function that can be called from Python.
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
@@ -97,6 +98,10 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated()
 
 
+# The machine, not the code: a full disk or a read-only / forbidden folder (one line, exit 2).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -105,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as error:
         print(f"harness: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:
+        if error.errno not in _ENVIRONMENT_ERRNOS or not error.filename:
+            raise
+        print(f"harness: error: {error.filename}: {error.strerror}; completed "
+              "work is saved and a re-run resumes", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as stop:
         how = "by SIGTERM" if isinstance(stop, _Terminated) else ""
