@@ -54,3 +54,18 @@ def test_disk_full_at_a_checkpoint(tmp_path, monkeypatch, reference):
         == [1, 2, 3, 4]  # every row written before the failure is intact
     assert harness(str(path), "--results", str(results))[0] == 0  # space again: resumes
     assert deterministic_view(results) == reference
+
+
+def test_other_errors_inside_an_atomic_write_keep_their_message(tmp_path):
+    """Only system errors (an errno) are renamed to the target; an error raised by the code that
+    fills the file (an interrupted download, say) keeps its own type and message."""
+    from harness import atomic
+
+    class Truncated(OSError):
+        pass
+
+    with pytest.raises(Truncated, match="connection closed after 100 bytes"):
+        with atomic.atomic_open(tmp_path / "x.bin") as handle:
+            handle.write(b"x" * 100)
+            raise Truncated("connection closed after 100 bytes")
+    assert list(tmp_path.iterdir()) == []
