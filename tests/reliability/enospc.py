@@ -15,8 +15,6 @@ from harness import atomic
 class DiskFull:
     def __init__(self, monkeypatch, pattern: str, after: int = 0):
         self.pattern, self.after, self.hits, self.failed = pattern, after, 0, []
-        real_open = atomic.atomic_open.__wrapped__ if hasattr(atomic.atomic_open, "__wrapped__") \
-            else None
         real_fdopen = os.fdopen
         injector = self
 
@@ -35,7 +33,6 @@ class DiskFull:
             return _Full(handle, injector, name)
 
         monkeypatch.setattr(atomic.os, "fdopen", fdopen)
-        del real_open
 
 
 class _Full:
