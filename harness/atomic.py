@@ -44,9 +44,14 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if (isinstance(error, OSError) and error.errno is not None and error.strerror
+                and error.filename in (None, tmp_name)):
+            # A full disk fails in write() or fsync() with no file name: name the target, not
+            # the temporary, so the message says which file could not be written.
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     _fsync_dir(path.parent)
 

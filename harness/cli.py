@@ -8,7 +8,10 @@ Every subcommand is a thin shell over a function that can be called from Python.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from harness.errors import EXIT_USER_ERROR, UserError
@@ -123,17 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's stop), raised like Ctrl-C so the same cleanup runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+# The machine, not the code: a full disk or a read-only / forbidden folder (one line, exit 2).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except UserError as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("harness: interrupted; completed work is saved and a re-run resumes",
-              file=sys.stderr)
-        return 130
+    except OSError as error:
+        if error.errno not in _ENVIRONMENT_ERRNOS or not error.filename:
+            raise
+        print(f"harness: error: {error.filename}: {error.strerror}; completed "
+              "work is saved and a re-run resumes", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as stop:
+        how = "by SIGTERM" if isinstance(stop, _Terminated) else ""
+        print(f"harness: interrupted{' ' + how if how else ''}; completed work is saved and a "
+              "re-run resumes", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(stop, _Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

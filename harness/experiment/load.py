@@ -33,7 +33,8 @@ from harness.experiment.yaml_loader import (
 from harness.plain import to_plain
 from models import registry
 
-_MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,47}$")
+# Used with fullmatch: `match` with `$` would accept a trailing newline ("x\n").
+_MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,47}")
 
 
 def check_section_overrides(cls: type, mapping: Any, doc: Document, keys: Keys) -> dict:
@@ -108,7 +109,8 @@ def _load_models(doc: Document, data: DataSpec | None) -> dict[str, ModelSpec]:
     models: dict[str, ModelSpec] = {}
     for name, section in raw.items():
         keys = ("models", name)
-        if not isinstance(name, str) or not _MODEL_NAME.match(name) or name.startswith("codec"):
+        if (not isinstance(name, str) or not _MODEL_NAME.fullmatch(name)
+                or name.startswith("codec")):
             raise UserError(f"{doc.where(keys)}: model name {name!r} must start with a letter "
                             "and use only letters, digits, '_' and '-' (at most 48; not "
                             "'codec...', which names codec rows); it names result folders")
@@ -241,7 +243,7 @@ def load_experiment(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
     name = doc.get(("name",), path.stem)
     name = coerce(name, str, doc, ("name",))
-    if not _MODEL_NAME.match(name):
+    if not _MODEL_NAME.fullmatch(name):
         raise UserError(f"{doc.where(('name',))}: experiment name {name!r} must start with a "
                         "letter and use only letters, digits, '_' and '-' (it names folders)")
     if smoke:

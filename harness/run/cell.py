@@ -18,6 +18,7 @@ Every cell writes `config.json`, `provenance.json`, `status.json` ("running", th
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 import traceback
@@ -59,11 +60,24 @@ class CellContext:
 
 
 def read_status(cell_dir: Path) -> dict:
+    """The cell's status.json; a "done" whose result rows no longer match the sha256 recorded
+    with it (a file cut short or edited) reads as "damaged", so the cell is redone."""
     try:
         value = json.loads((Path(cell_dir) / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        return {}
+    expected = value.get("rows_sha256")
+    if value.get("status") == "done" and expected is not None:
+        try:
+            actual = hashlib.sha256((Path(cell_dir) / ROWS_FILE).read_bytes()).hexdigest()
+        except OSError:
+            actual = None
+        if actual != expected:
+            return {**value, "status": "damaged",
+                    "error": f"{ROWS_FILE} is missing or does not match its recorded sha256"}
+    return value
 
 
 def write_status(cell_dir: Path, status: str, error: str | None = None,
@@ -363,9 +377,10 @@ def run_cell(cell: Cell, context: CellContext, cell_dir: Path) -> dict:
         raise
     wall_s = wall_before + time.perf_counter() - start
     rows = [decorate(row, cell, context) for row in rows]
-    atomic.write_text(cell_dir / ROWS_FILE, "".join(
-        json.dumps(row, sort_keys=True, default=str) + "\n" for row in rows))
-    status = {"status": "done", "error": None, "wall_s": wall_s, **extra}
+    text = "".join(json.dumps(row, sort_keys=True, default=str) + "\n" for row in rows)
+    atomic.write_text(cell_dir / ROWS_FILE, text)
+    status = {"status": "done", "error": None, "wall_s": wall_s, **extra,
+              "rows_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     write_status(cell_dir, **status)
     return status
 

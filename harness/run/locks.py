@@ -145,6 +145,19 @@ def _create(path: Path) -> bool:
     return True
 
 
+def _replace(path: Path) -> bool:
+    """Put this process's record in place of a stale lock atomically (the file never vanishes)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, (json.dumps(holder_record()) + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return True
+
+
 class CellLock:
     """`with CellLock(cell_dir, root) as lock:` ... `lock.acquired` says whether we hold it."""
 
@@ -165,9 +178,10 @@ class CellLock:
             if holder is None:  # released between our attempt and now
                 self.acquired = _create(self.path)
             elif is_stale(holder, self.path):
-                self.path.unlink()
+                # Replace the dead holder's file in one rename: unlinking it first would open a
+                # gap in which another runner's O_EXCL create wins without knowing it took over.
                 self.reclaimed_from = holder
-                self.acquired = _create(self.path)
+                self.acquired = _replace(self.path)
             else:
                 self.held_by = holder
         return self.acquired
