@@ -1,2 +1,4 @@
-"""Where cells run besides the runner's own processes: local GPUs (`gpus`) and Slurm through
-submitit (`slurm` submits and watches, `slurm_job` is what runs inside each job)."""
+"""Where cells run: this machine (`local`: the runner's process, spawned jobs with their own
+devices, torchrun ranks; `gpus` assigns devices, `torchrun_cell` runs one multi-GPU cell) and
+Slurm through submitit (`slurm` submits and watches jobs, `slurm_job` runs inside each job,
+`slurm_follow` is the runner's submit-and-follow loop)."""
