@@ -77,3 +77,11 @@ def test_number_formats():
     assert fmt_ratio(1700.0) == "1,700×" and fmt_ratio(70.8333) == "70.8×"
     assert fmt_seconds(3599) == "59 min 59 s" and fmt_seconds(7384) == "2 h 03 min"
     assert fmt_seconds(12.34) == "12.3 s"
+
+
+def test_a_cell_or_experiment_name_with_a_trailing_newline_is_not_a_safe_folder_name():
+    from harness.report.load import is_safe_name
+
+    assert is_safe_name("vdvae_g01_s0") and is_safe_name("codec_png")
+    for name in ("vdvae\n", "x\n", "../x", "a..b", "", ".hidden", "a/b"):
+        assert not is_safe_name(name), repr(name)

@@ -81,7 +81,7 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def is_safe_name(name: str) -> bool:
-    return bool(_SAFE_NAME.match(name)) and ".." not in name
+    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name  # fullmatch: `$` allows "x\n"
 
 
 def _no_results(root: Path) -> UserError:
