@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import subprocess
@@ -117,7 +116,8 @@ def _matmul_tflop_per_s(device: str, size: int) -> dict:
         for _ in range(10):
             a @ b
         throughput.synchronize(device)
-        rates[f"tf32_{str(tf32).lower()}"] = 10 * 2 * size ** 3 / (time.perf_counter() - start) / 1e12
+        seconds = time.perf_counter() - start
+        rates[f"tf32_{str(tf32).lower()}"] = 10 * 2 * size ** 3 / seconds / 1e12
     torch.backends.cuda.matmul.allow_tf32 = False
     return {"matmul_size": size, "matmul_tflop_per_s": rates}
 
