@@ -119,6 +119,12 @@ def is_stale(holder: dict, path: Path | None = None, grace_s: float = 10.0) -> b
     return recorded is not None and current is not None and recorded != current
 
 
+def held_elsewhere(directory: Path) -> bool:
+    """Whether a live runner (or job) holds the lock of the cell in `directory`."""
+    holder = read_lock(Path(directory) / LOCK_NAME)
+    return holder is not None and not is_stale(holder, Path(directory))
+
+
 @contextlib.contextmanager
 def guard(root: Path) -> Iterator[None]:
     """Exclusive `flock` on `<root>/.guard` (released by the kernel if the holder dies)."""

@@ -21,11 +21,12 @@ import torch.distributed as dist
 from harness import atomic
 from harness.contract import STATUS_FILE
 from harness.run import locks
-from harness.run.cell import CellContext, read_status, run_cell, train_follower, write_status
+from harness.run.cell import CellContext, read_status, run_cell
 from harness.run.console import outcome, say
 from harness.run.launchers import gpus
 from harness.run.launchers.slurm_job import CellJob
 from harness.run.plan import fmt_duration
+from harness.run.ranks import run_on_ranks
 from harness.run.results_folder import cell_dir, rebuild_shared_files
 
 EXIT_LOCKED = locks.EXIT_LOCKED  # a worker found its cell claimed by another runner
@@ -55,7 +56,7 @@ def _run_locked(cell, context: CellContext, root: Path, announce=None) -> dict |
             announce()
         if lock.reclaimed_from:
             say(f"  {cell.name}: reclaimed the lock of a dead runner "
-                 f"(pid {lock.reclaimed_from.get('pid')}); resuming")
+                f"(pid {lock.reclaimed_from.get('pid')}); resuming")
         return run_cell(cell, context, cell_dir(root, cell.name))
     finally:
         lock.release()
@@ -165,10 +166,6 @@ def run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
                                                                or running else ""))
         rebuild_shared_files(root, summary_cells, summary_weights)
 
-    def held_elsewhere(cell) -> bool:
-        holder = locks.read_lock(cell_dir(root, cell.name) / locks.LOCK_NAME)
-        return holder is not None and not locks.is_stale(holder, cell_dir(root, cell.name))
-
     if jobs == 1 and not slots:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -194,7 +191,7 @@ def run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
         while queue or running:
             while queue and len(running) < jobs:
                 cell = queue.pop(0)
-                if held_elsewhere(cell):
+                if locks.held_elsewhere(cell_dir(root, cell.name)):
                     finish(cell, None, 0.0)
                     continue
                 devices = free.pop(0) if slots else ()
@@ -209,8 +206,8 @@ def run_cells(pending, context, root: Path, jobs: int, threads: int, plan,
                 running[cell.name] = (process, time.perf_counter())
                 where = f", {gpus.describe(devices)}" if devices else ""
                 say(f"→ {cell.name} ({cell.kind}, est "
-                     f"{fmt_duration(progress.estimates.get(cell.name))}, pid {process.pid}"
-                     f"{where})")
+                    f"{fmt_duration(progress.estimates.get(cell.name))}, pid {process.pid}"
+                    f"{where})")
             time.sleep(0.2)
             for name, (process, started) in list(running.items()):
                 if process.is_alive():
@@ -253,40 +250,17 @@ def run_cells_distributed(pending, context, root: Path, summary_cells,
     failed: list[str] = []
     elsewhere: list[str] = []
     for index, cell in enumerate(pending):
-        decision = [None]
-        lock = None
-        if info.is_main:
-            lock = locks.CellLock(cell_dir(root, cell.name), root)
-            previous = read_status(cell_dir(root, cell.name))
-            run = lock.acquire() and previous.get("status") != "done"
-            if not run and lock.acquired:
-                lock.release()
-            if run:  # before the broadcast, so no rank can read a stale "failed" below
-                write_status(cell_dir(root, cell.name), "running",
-                             wall_s=previous.get("wall_s"))
-            decision = [run]
-        dist.broadcast_object_list(decision, src=0)
-        if not decision[0]:
+        start = time.perf_counter()
+        status = run_on_ranks(cell, context, root, info, announce=lambda i=index, c=cell: say(
+            f"→ [{i + 1}/{len(pending)}] {c.name} ({c.kind}, {info.world_size} ranks)"))
+        if status is None:
             elsewhere.append(cell.name)
             say(f"  {cell.name}: handled by another runner; skipped here")
             continue
-        start = time.perf_counter()
         if info.is_main:
-            say(f"→ [{index + 1}/{len(pending)}] {cell.name} ({cell.kind}, "
-                 f"{info.world_size} ranks)")
-            try:
-                status = run_cell(cell, context, cell_dir(root, cell.name))
-            finally:
-                lock.release()
             if status.get("status") != "done":
                 failed.append(cell.name)
-            detail = outcome(root, cell.name, status)
             say(f"[{index + 1}/{len(pending)}] {cell.name}: {status.get('status')} in "
-                 f"{fmt_duration(time.perf_counter() - start)}{detail}")
+                f"{fmt_duration(time.perf_counter() - start)}{outcome(root, cell.name, status)}")
             rebuild_shared_files(root, summary_cells, summary_weights)
-        else:
-            if cell.kind == "train":
-                train_follower(cell, context, cell_dir(root, cell.name))
-            while read_status(cell_dir(root, cell.name)).get("status") not in ("done", "failed"):
-                time.sleep(2.0)
     return failed, elsewhere

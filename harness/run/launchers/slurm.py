@@ -177,12 +177,6 @@ def submit(cells: list[Cell], context: CellContext, root: Path, spec: SlurmSpec,
 # --------------------------------------------------------------------------- waiting
 
 
-def _held_elsewhere(root: Path, name: str) -> bool:
-    directory = cell_dir(root, name)
-    holder = locks.read_lock(directory / locks.LOCK_NAME)
-    return holder is not None and not locks.is_stale(holder, directory)
-
-
 def settle(root: Path, job: Submitted, state: str | None) -> dict | None:
     """The final status of a cell whose job has ended (`state`: its last Slurm state, None when
     Slurm no longer lists it); None when another runner holds the cell. A job that ended
@@ -191,7 +185,7 @@ def settle(root: Path, job: Submitted, state: str | None) -> dict | None:
     status = read_status(directory)
     if status.get("status") in ("done", "failed"):
         return status
-    if _held_elsewhere(root, job.cell):
+    if locks.held_elsewhere(cell_dir(root, job.cell)):
         return None
     tail = log_tail(job.stderr) or log_tail(job.stdout)
     # Slurm forgets a pending array task the moment it is cancelled: no state to name then.

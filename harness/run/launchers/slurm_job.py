@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import torch
 from harness.engine import distributed
 from harness.experiment.schema import Cell
 from harness.run import locks
-from harness.run.cell import CellContext, read_status, run_cell, train_follower, write_status
+from harness.run.cell import CellContext, read_status, run_cell, write_status
+from harness.run.ranks import run_on_ranks
 from harness.run.results_folder import cell_dir, rebuild_shared_files
 
 LAUNCH_FILE = "slurm.json"  # cells/<cell>/slurm.json: job id and log paths, written at submission
@@ -73,31 +73,14 @@ class CellJob(submitit.helpers.Checkpointable):
             distributed.teardown()
 
     def _ranks(self, cell: Cell, root: Path, info) -> str:
-        directory = cell_dir(root, cell.name)
-        lock = locks.CellLock(directory, root)
-        run = False
-        if info.is_main:
-            run = lock.acquire() and read_status(directory).get("status") != "done"
-            if lock.acquired and not run:
-                lock.release()
-            if run:  # before the broadcast: no rank may read an old "failed" below
-                write_status(directory, "running", wall_s=read_status(directory).get("wall_s"))
-        if not distributed.broadcast_object(run, info):
+        record = record_job if locks.slurm_job_id() is not None else None
+        status = run_on_ranks(cell, self.context, root, info, after_run=record)
+        if status is None:
             return HELD_ELSEWHERE
-        if info.is_main:
-            try:
-                status = run_cell(cell, self.context, directory)
-                if locks.slurm_job_id() is not None:
-                    record_job(directory)
-            finally:
-                lock.release()
-            rebuild_shared_files(root, list(self.cells), self.summary_weights)
-            return str(status.get("status"))
-        if cell.kind == "train":
-            train_follower(cell, self.context, directory)
-        while read_status(directory).get("status") not in ("done", "failed"):
-            time.sleep(2.0)
-        return "follower"
+        if not info.is_main:
+            return "follower"
+        rebuild_shared_files(root, list(self.cells), self.summary_weights)
+        return str(status.get("status"))
 
 
 def record_job(directory: Path) -> None:
