@@ -48,10 +48,10 @@ def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root
     kinds = ", ".join(f"{n} {family}" for family, n in counts.items())
     data = experiment.data.dataset if experiment.data else "no dataset"
     say(f"{experiment.name}: {len(cells)} cells ({kinds}) on {data}; "
-         f"{plan.jobs} job(s) × {plan.threads} torch thread(s)")
+        f"{plan.jobs} job(s) × {plan.threads} torch thread(s)")
     width = max(len(c.name) for c in cells)
     say(f"  {'cell':<{width}}  {'kind':<5}  {'params':>11}  {'MFLOPs/img':>10}  "
-         f"{'steps':>7}  {'memory':>9}  {'est.':>7}  status")
+        f"{'steps':>7}  {'memory':>9}  {'est.':>7}  status")
     for cell in cells:
         estimate = by_name[cell.name]
         flops = f"{estimate.flops_per_image / 1e6:,.1f}" if estimate.flops_per_image else ""
@@ -59,20 +59,20 @@ def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root
         steps = f"{estimate.steps:,}" if estimate.steps else ""
         memory = fmt_bytes(estimate.peak_memory_bytes)
         say(f"  {cell.name:<{width}}  {cell.kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
-             f"{memory:>9}  {fmt_duration(estimate.seconds):>7}  "
-             f"{statuses.get(cell.name, 'pending')}")
+            f"{memory:>9}  {fmt_duration(estimate.seconds):>7}  "
+            f"{statuses.get(cell.name, 'pending')}")
         if cell.match:
             say(f"  {'':<{width}}  matched: {cell.match['field']}={cell.match['value']} for "
-                 f"{cell.match['target_params']:,} parameters")
+                f"{cell.match['target_params']:,} parameters")
     pending = [by_name[c.name].seconds for c in cells if statuses.get(c.name) != "done"]
     left = makespan(pending, plan.jobs)
     say(f"estimated total: {fmt_duration(plan.total_s)} for all cells"
-         + (f", {fmt_duration(left)} for the {len(pending)} not yet done" if len(pending)
+        + (f", {fmt_duration(left)} for the {len(pending)} not yet done" if len(pending)
             != len(cells) else "") + f" (from {plan.basis})")
     budget = experiment.runner.time_budget_min
     if budget is not None and plan.total_s > budget * 60:
         say(f"warning: the estimate is over this experiment's stated budget of {budget:g} min "
-             "(runner.time_budget_min); lower train.max_steps or raise jobs")
+            "(runner.time_budget_min); lower train.max_steps or raise jobs")
     if root is not None:
         say(f"results: {root}/")
 
@@ -93,8 +93,8 @@ def _gpu_slots(experiment: ExperimentConfig, jobs: int) -> list[tuple[int, ...]]
     slots = gpus.device_slots(usable, jobs, runner.gpus_per_cell)
     if slots:
         say(f"devices: {len(slots)} job(s), each on its own "
-             + "; ".join(gpus.describe(s) for s in slots)
-             + (f" under torchrun --nproc_per_node {runner.gpus_per_cell}"
+            + "; ".join(gpus.describe(s) for s in slots)
+            + (f" under torchrun --nproc_per_node {runner.gpus_per_cell}"
                 if runner.gpus_per_cell > 1 else "") + "; a cell takes the next free one")
     elif runner.gpus_per_cell > 1:
         say("note: no GPU visible: runner.gpus_per_cell is ignored and cells run on the CPU")
@@ -222,11 +222,11 @@ def run_experiment(path: Path, results_dir: Path | None = None,
                                        summary_weights, slots)
     rebuild_shared_files(root, cells, summary_weights)
     say(f"{experiment.name}: {len(pending) - len(failed) - len(elsewhere)} cell(s) run in "
-         f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped"
-         + (f" ({len(unavailable)} more for a missing input)" if unavailable else "")
-         + f", {len(failed)} failed"
-         + (f", {len(elsewhere)} handled by another runner" if elsewhere else "")
-         + f"; {root}/summary.csv")
+        f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped"
+        + (f" ({len(unavailable)} more for a missing input)" if unavailable else "")
+        + f", {len(failed)} failed"
+        + (f", {len(elsewhere)} handled by another runner" if elsewhere else "")
+        + f"; {root}/summary.csv")
     for name in failed:
         say(f"  failed: {name}: {read_status(cell_dir(root, name)).get('error')}")
     exit_status = 1 if failed else 0

@@ -26,7 +26,7 @@ def run_on_slurm(experiment: ExperimentConfig, pending, context, root: Path, cel
         say(f"→ {job.cell}: Slurm job {job.job_id}, log {job.stdout}")
     if not wait:
         say(f"{experiment.name}: {len(submitted)} cell(s) submitted; follow them with "
-             f"`harness status {root}`, then build the report with `harness report {root}`")
+            f"`harness status {root}`, then build the report with `harness report {root}`")
         return None
     jobs = submitted + [slurm.submitted_from_record(name, slurm.read_launch(cell_dir(root, name)))
                         for name in queued]
@@ -47,7 +47,7 @@ def run_on_slurm(experiment: ExperimentConfig, pending, context, root: Path, cel
             failed.append(job.cell)
         detail = outcome(root, job.cell, status)
         say(f"[{ended[0]}/{len(jobs)}] {job.cell}: {status.get('status')} "
-             f"(job {job.job_id}){detail}")
+            f"(job {job.job_id}){detail}")
         rebuild_shared_files(root, cells, weights)
 
     slurm.wait(root, jobs, spec.poll_s, on_change, on_end)
