@@ -49,9 +49,12 @@ def categorical_nats_per_dim(logits: torch.Tensor, target: torch.Tensor) -> torc
     assert logits.dim() == 5 and logits.shape[2] == 256, logits.shape
     n, c, _, h, w = logits.shape
     assert target.shape == (n, c, h, w), (target.shape, logits.shape)
-    nll = F.cross_entropy(logits.float().permute(0, 2, 1, 3, 4), target.long(),
-                          reduction="none")  # (N, C, H, W)
-    return nll.reshape(n, -1).mean(dim=1)
+    # Classes last, (N·H·W·C, 256): log-softmax over contiguous rows, its fast path. A
+    # channels_last network output is already laid out so (no copy); the mean over sub-pixels
+    # does not depend on their order.
+    flat = logits.float().permute(0, 3, 4, 1, 2).reshape(-1, 256)
+    nll = F.cross_entropy(flat, target.permute(0, 2, 3, 1).reshape(-1).long(), reduction="none")
+    return nll.view(n, -1).mean(dim=1)
 
 
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:

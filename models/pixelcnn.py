@@ -212,9 +212,38 @@ class CausalConv2d(nn.Conv2d):
         return self.weight if self.mask is None else self.weight * self.mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.causal_padding):
-            x = F.pad(x, self.causal_padding)
-        return F.conv2d(x, self.masked_weight(), self.bias)
+        left, right, top, bottom = self.causal_padding
+        if right > left or bottom > top:  # not a layout of ours; the general (slower) route
+            return F.conv2d(F.pad(x, self.causal_padding), self.masked_weight(), self.bias)
+        # Pad (top, left) on both sides inside the convolution and drop the trailing outputs that
+        # read the extra bottom / right padding: the same values as F.pad then conv, without a
+        # padded copy of the input (which also keeps a channels_last input channels_last).
+        out = F.conv2d(x, self.masked_weight(), self.bias, padding=(top, left))
+        kernel_h, kernel_w = self.kernel_size
+        height = x.shape[-2] + top + bottom - kernel_h + 1
+        width = x.shape[-1] + left + right - kernel_w + 1
+        if (height, width) == tuple(out.shape[-2:]):
+            return out
+        return _Crop.apply(out, height, width)
+
+
+class _Crop(torch.autograd.Function):
+    """x[..., :height, :width] whose backward pads the gradient in x's memory format (autograd's
+    slice backward builds it contiguous, which makes oneDNN reorder every conv's grad_output)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        ctx.shape = x.shape
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        return x[..., :height, :width]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        padded = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device,
+                             memory_format=layout).zero_()
+        padded[..., :grad.shape[-2], :grad.shape[-1]] = grad
+        return padded, None, None
 
 
 class GatedLayer(nn.Module):
@@ -249,13 +278,15 @@ class GatedLayer(nn.Module):
         vertical_pre = self.vertical(vertical)[:, :, :height]  # (N, 2p, H, W), rows < i only
         horizontal_pre = self.horizontal(horizontal) + self.vertical_to_horizontal(vertical_pre)
         gated = gate(horizontal_pre)  # (N, p, H, W)
-        skip = self.skip(gated)
         if self.residual is None:
-            horizontal_out = None
-        else:
-            horizontal_out = self.residual(gated)
-            if not self.first:
-                horizontal_out = horizontal_out + horizontal
+            return gate(vertical_pre), None, self.skip(gated)
+        # The skip and residual 1x1 convs read the same maps: one conv with both weight sets,
+        # one GEMM of twice the width instead of two narrow ones (the weights stay separate).
+        weight = torch.cat([self.skip.masked_weight(), self.residual.masked_weight()])
+        bias = torch.cat([self.skip.bias, self.residual.bias])
+        skip, horizontal_out = F.conv2d(gated, weight, bias).chunk(2, dim=1)
+        if not self.first:
+            horizontal_out = horizontal_out + horizontal
         return gate(vertical_pre), horizontal_out, skip
 
 
@@ -287,6 +318,8 @@ class GatedPixelCNN(nn.Module):
             GatedLayer(config, first=index == 0, last=index == config.n_layers - 1)
             for index in range(config.n_layers))
         self.head = OutputHead(config)
+        # Weights (and masks) channels_last too, or oneDNN reorders them at every call.
+        self.to(memory_format=torch.channels_last)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -295,6 +328,9 @@ class GatedPixelCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Summed skip connections (N, p, H, W) for images x (N, C, H, W) in [-1, 1]."""
         assert x.shape[1:] == self.image_shape, (x.shape, self.image_shape)
+        # channels_last end to end: oneDNN's preferred layout for these small convolutions on CPU
+        # (1x1 convs 2x faster than NCHW); every op below keeps it.
+        x = x.contiguous(memory_format=torch.channels_last)
         vertical, horizontal, skips = x, x, None
         for layer in self.layers:
             vertical, horizontal, skip = layer(vertical, horizontal)
