@@ -56,14 +56,42 @@ class Bottleneck(nn.Module):
     def from_activated(self, activated: torch.Tensor, x: torch.Tensor | None = None):
         """The block given GELU(x) already computed (shared by the prior and the posterior);
         `x` is needed only for the residual add."""
-        h = self.c1(activated)
-        h = self.c2(F.gelu(h))
-        h = self.c3(F.gelu(h))
-        h = self.c4(F.gelu(h))
+        h = self.c4(self._inner(activated))
         out = x + h if self.residual else h
         if self.down_rate:
             out = F.avg_pool2d(out, kernel_size=self.down_rate, stride=self.down_rate)
         return out
+
+
+    def _inner(self, *activated: torch.Tensor) -> torch.Tensor:
+        """GELU(c3(GELU(c2(GELU(c1(cat(activated))))))), the input to c4. With several inputs
+        c1 is one conv per input with its slice of the weight, summed: the same map without
+        building the concatenation (and ~2x faster in backward on CPU for the posterior's
+        [state, activation])."""
+        if len(activated) == 1:
+            h = self.c1(activated[0])
+        else:
+            h, start = None, 0
+            for part in activated:
+                stop = start + part.shape[1]
+                term = F.conv2d(part, self.c1.weight[:, start:stop],
+                                self.c1.bias if start == 0 else None)
+                h, start = (term if h is None else h + term), stop
+            assert start == self.c1.in_channels, (start, self.c1.in_channels)
+        h = self.c2(F.gelu(h))
+        return F.gelu(self.c3(F.gelu(h)))
+
+    def split_heads(self, sizes: list[int], *activated: torch.Tensor) -> list[torch.Tensor]:
+        """A residual-free block's output cut into channel groups of `sizes`, each from its own
+        slice of c4: dense outputs, where splitting one output gives strided views (slow
+        elementwise ops downstream) whose backward concatenates."""
+        assert not self.residual and not self.down_rate and sum(sizes) == self.c4.out_channels
+        h, outputs, start = self._inner(*activated), [], 0
+        for size in sizes:
+            outputs.append(F.conv2d(h, self.c4.weight[start:start + size],
+                                    self.c4.bias[start:start + size]))
+            start += size
+        return outputs
 
 
 def _scale_(weight: torch.Tensor, factor: float) -> None:
@@ -123,16 +151,16 @@ class TopDownBlock(nn.Module):
     # by the two and GELU(activation) by every block at a resolution (GELU(cat) = cat(GELU)).
     def posterior(self, activated_state: torch.Tensor,
                   activated_activation: torch.Tensor) -> Gaussian:
-        out = self.enc.from_activated(torch.cat([activated_state, activated_activation], dim=1))
-        mean, logstd = out.chunk(2, dim=1)  # (N, zdim, R, R) each
+        # enc reads cat([state, activation]); GELU(cat) = cat(GELU), and c1 takes the two parts
+        mean, logstd = self.enc.split_heads([self.zdim, self.zdim], activated_state,
+                                            activated_activation)  # (N, zdim, R, R) each
         return mean, logstd
 
     def prior_and_features(self, activated_state: torch.Tensor) -> tuple[torch.Tensor,
                                                                            torch.Tensor,
                                                                            torch.Tensor]:
-        out = self.prior.from_activated(activated_state)  # (N, 2·zdim + w, R, R)
-        # split, not three slices: its backward is one cat instead of three zero-filled buffers
-        mean, logstd, features = out.split([self.zdim, self.zdim, self.width], dim=1)
+        mean, logstd, features = self.prior.split_heads([self.zdim, self.zdim, self.width],
+                                                        activated_state)
         return mean, logstd, features
 
     def next_state(self, x: torch.Tensor, features: torch.Tensor,
