@@ -1,10 +1,13 @@
 """Show every benchmark's `extra_info` (images/s, FLOPs, speed-ups) at the end of a timed run, so
-the figures are on screen and not only in `--benchmark-json` output."""
+the figures are on screen and not only in `--benchmark-json` output, and a benchmark's `targets`
+lines (a measured ratio against its goal) in a section of their own."""
 
 from __future__ import annotations
 
 
 def _format(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -19,5 +22,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     terminalreporter.section("benchmark figures (extra_info)")
     for bench in benchmarks:
-        fields = "  ".join(f"{k}={_format(v)}" for k, v in bench.extra_info.items())
+        fields = "  ".join(f"{k}={_format(v)}" for k, v in bench.extra_info.items()
+                           if k != "targets")
         terminalreporter.write_line(f"{bench.name}: {fields}")
+    targets = [(bench.name, line) for bench in benchmarks
+               for line in bench.extra_info.get("targets", [])]
+    if targets:
+        terminalreporter.section("issue 14 targets (this run, against its own baselines)")
+        for name, line in targets:
+            terminalreporter.write_line(f"{line}    [{name}]")

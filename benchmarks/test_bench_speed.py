@@ -1,0 +1,132 @@
+"""Issue 14's throughput targets 2 and 3 against a baseline timed in the same run: the main job's
+two models (the `fmnist_400k` VDVAE and the parameter-matched Gated PixelCNN, batch 32, one torch
+thread: the runner's per-core setup), trained and evaluated by this working tree and by the tree
+of BASELINE_COMMIT (main before the issue's speed work), each in its own process, alternately.
+
+Run:   bash scripts/bench.sh -k speed
+Reported (extra_info): images_per_s and baseline_images_per_s for a training step,
+`training_speedup` (target 2: ≥ 2), evaluation ms per image against training ms per image,
+`eval_over_train_speedup` (target 3: ≥ 3; the per-image cost of the test pass, which computes the
+ELBO and, for the VDVAE, the active-unit statistics, against a training step) and the same
+ratio for the baseline. Targets are reported, not asserted: a shared machine moves them. What is
+asserted is that both trees compute the same first loss: the speed-up is for the same model.
+
+Under the suite's `--benchmark-disable` each case runs once on a tiny config (seconds), still
+comparing the two trees' losses. Without git history (a tarball), the cases skip with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE_COMMIT = "d5787ec"  # main when issue 14's speed work began (2026-12-02)
+STEP_SCRIPT = Path(__file__).with_name("step_timing.py")
+TRAINING_TARGET, EVAL_TARGET = 2.0, 3.0
+
+# The main job's models (experiments/depth_sweep.yaml): preset fmnist_400k and the Gated
+# PixelCNN the `match` solved to 402,448 parameters (49 feature maps).
+FMNIST_400K = {"width": 64, "zdim": 16, "num_mixtures": 5, "image_size": 28,
+               "image_channels": 1, "enc_blocks": "28x1,28d2,14x1,14d2,7x1,7d7,1x2",
+               "dec_blocks": "1x2,7m1,7x3,14m7,14x3,28m14,28x3",
+               "input_shift": -72.94, "input_scale": 1.0 / 90.0}
+MATCHED_PIXELCNN = {"image_size": 28, "image_channels": 1, "n_layers": 8, "kernel_size": 3,
+                    "first_kernel_size": 7, "channels": 49}
+TINY = {"vdvae": {**FMNIST_400K, "width": 16, "zdim": 4, "num_mixtures": 2,
+                  "dec_blocks": "1x1,7m1,7x1,14m7,28m14"},
+        "pixelcnn": {**MATCHED_PIXELCNN, "n_layers": 2, "channels": 6}}
+FULL = {"vdvae": FMNIST_400K, "pixelcnn": MATCHED_PIXELCNN}
+
+
+@pytest.fixture(scope="module")
+def baseline_tree(tmp_path_factory) -> Path:
+    """`models/` of BASELINE_COMMIT, extracted from git into a temporary folder."""
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar",
+                                  BASELINE_COMMIT, "models"], capture_output=True, check=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"baseline commit {BASELINE_COMMIT} not available from git ({error}); "
+                    f"run from a clone with history")
+    root = tmp_path_factory.mktemp("baseline")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+def time_in_process(tree: Path, spec: dict) -> dict:
+    """step_timing.py's JSON for `spec`, run with `tree`'s models first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(spec["threads"])}
+    done = subprocess.run([sys.executable, str(STEP_SCRIPT), json.dumps(spec)],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    if done.returncode != 0:
+        raise AssertionError(f"step_timing.py failed in {tree}:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(result["models"]).resolve().is_relative_to(tree.resolve()), result["models"]
+    return result
+
+
+def target_line(what: str, value: float, goal: float, baseline: float | None = None) -> str:
+    before = "" if baseline is None else f" (baseline {baseline:.2f}x)"
+    verdict = "met" if value >= goal else "MISSED"
+    return f"target {what}: {value:.2f}x{before}, goal >= {goal:g}x: {verdict}"
+
+
+def alternate(trees: dict[str, Path], spec: dict, rounds: int) -> dict[str, list[dict]]:
+    """`rounds` runs per tree, interleaved (a, b, a, b, ...) so slow drifts hit both alike."""
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            runs[name].append(time_in_process(tree, spec))
+    return runs
+
+
+@pytest.mark.parametrize("family", ["vdvae", "pixelcnn"])
+def test_bench_speed_small_models_against_baseline(benchmark, baseline_tree, family):
+    timed = not benchmark.disabled
+    batch = 32
+    spec = {"family": family, "config": FULL[family] if timed else TINY[family],
+            "batch": batch, "threads": 1, "steps": 8 if timed else 1,
+            "warmup": 2 if timed else 0, "eval_batch": 32, "eval_repeats": 5 if timed else 1}
+    rounds = 3 if timed else 1
+    runs: dict[str, list[dict]] = {}
+
+    def measure():
+        runs.update(alternate({"baseline": baseline_tree, "current": REPO}, spec, rounds))
+
+    benchmark.group = "issue-14-speed"
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    first = {name: r[0]["first_loss"] for name, r in runs.items()}
+    assert first["current"] == pytest.approx(first["baseline"], rel=1e-5), first
+    train_s = {name: statistics.median(r["train_step_s"] for r in rs) for name, rs in runs.items()}
+    eval_s = {name: statistics.median(r["eval_batch_s"] for r in rs) for name, rs in runs.items()}
+    ratio = {name: (train_s[name] / batch) / (eval_s[name] / spec["eval_batch"])
+             for name in runs}
+    speedup = train_s["baseline"] / train_s["current"]
+    benchmark.extra_info.update({
+        "family": family, "batch": batch, "threads": 1, "rounds": rounds,
+        "baseline_commit": BASELINE_COMMIT,
+        "images_per_s": batch / train_s["current"],
+        "baseline_images_per_s": batch / train_s["baseline"],
+        "training_speedup": speedup, "training_target": TRAINING_TARGET,
+        "training_target_met": speedup >= TRAINING_TARGET,
+        "train_ms_per_image": 1e3 * train_s["current"] / batch,
+        "eval_ms_per_image": 1e3 * eval_s["current"] / spec["eval_batch"],
+        "eval_over_train_speedup": ratio["current"],
+        "baseline_eval_over_train_speedup": ratio["baseline"],
+        "eval_target": EVAL_TARGET, "eval_target_met": ratio["current"] >= EVAL_TARGET,
+        "tiny_config": not timed,
+        "targets": [
+            target_line(f"2  {family} training images/s vs baseline", speedup,
+                        TRAINING_TARGET),
+            target_line(f"3  {family} eval per image vs a training step", ratio["current"],
+                        EVAL_TARGET, baseline=ratio["baseline"])]})
