@@ -88,7 +88,7 @@ def test_vae_terms_active_units_and_iw_bound(tmp_path):
                     key=lambda r: r["layer"])
     with torch.no_grad():  # the definition, computed directly on all images at once
         expected = [int((m.double().var(dim=0, unbiased=False) > 0.01).sum())
-                    for m in model.posterior_means(images)]
+                    for m in model.loss(images, posterior_means=True)["posterior_means"]]
     assert expected[0] > 0 and expected[1] == 0
     assert [(r["value"], r["units"]) for r in active] == [(expected[0], 2), (0, 8)]
     assert [r["value"] for r in _rows(rows, "active_units") if "layer" not in r] == [expected[0]]
@@ -99,6 +99,64 @@ def test_vae_terms_active_units_and_iw_bound(tmp_path):
     speed = _rows(rows, "sample_images_per_s")
     assert [(r["method"], r["temperature"]) for r in speed] == [("ancestral", 1.0)]
     assert (tmp_path / "samples.png").exists()
+
+
+class _CountingVAE(TinyVAE):
+    """TinyVAE recording every loss call and the posterior means each one handed out."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[int, bool]] = []  # (batch size, posterior_means asked)
+        self.means: list[list[torch.Tensor]] = []
+
+    def loss(self, images, posterior_means=False):
+        self.calls.append((images.shape[0], posterior_means))
+        out = super().loss(images, posterior_means=posterior_means)
+        if posterior_means:
+            self.means.append([m.clone() for m in out["posterior_means"]])
+        return out
+
+
+def test_active_units_come_from_the_elbo_pass_itself(tmp_path):
+    """One pass over the test images: the batches holding the first n_au images also hand out
+    their posterior means, and the counts are those of exactly those means."""
+    torch.manual_seed(0)
+    model = _CountingVAE().eval()
+    with torch.no_grad():
+        model.posteriors[0].weight.mul_(30.0)
+    config = EvalConfig(weights=("raw",), batch_size=5, flops=False, n_grid_samples=0,
+                        sample_repeats=1, sample_warmup=0, active_units_max_images=7,
+                        active_unit_threshold=0.05)
+    rows = evaluate({"raw": model}, TINY_VAE, realish_images(13), config, tmp_path)
+    # 13 images in batches of 5: one pass of 3 calls; the first two hold images 0..6.
+    assert model.calls == [(5, True), (5, True), (3, False)]
+    collected = [torch.cat([batch[layer] for batch in model.means])[:7].double()
+                 for layer in range(2)]
+    variances = [m.var(dim=0, unbiased=False) for m in collected]
+    expected = [int((v > 0.05).sum()) for v in variances]
+    assert expected[0] > 0  # not a trivial all-zero case
+    per_layer = sorted((r for r in _rows(rows, "active_units") if "layer" in r),
+                       key=lambda r: r["layer"])
+    assert [(r["value"], r["units"]) for r in per_layer] == [(expected[0], 2), (expected[1], 8)]
+    total = [r for r in _rows(rows, "active_units") if "layer" not in r]
+    assert [(r["value"], r["units"]) for r in total] == [(sum(expected), 10)]
+    assert {(r["n_images"], r["threshold"]) for r in _rows(rows, "active_units")} == {(7, 0.05)}
+
+
+def test_latent_moments_match_the_population_variance_of_the_first_images():
+    from harness.engine.evaluate import LatentMoments
+
+    generator = torch.Generator().manual_seed(3)
+    means = [torch.randn(11, 2, 3, 3, generator=generator) * torch.rand(2, 3, 3,
+                                                                          generator=generator)]
+    moments = LatentMoments(n_images=8)
+    for first in range(0, 11, 3):  # batches 0-2, 3-5, 6-8 (cut to 6-7), 9-10 (ignored)
+        assert moments.wants(first) == (first < 8)
+        moments.add(first, [m[first:first + 3] for m in means])
+    direct = means[0][:8].double().var(dim=0, unbiased=False)
+    torch.testing.assert_close(moments.variances()[0], direct, rtol=1e-12, atol=1e-12)
+    threshold = float(direct.median())
+    assert moments.active_units(threshold) == [(int((direct > threshold).sum()), 18)]
 
 
 def test_common_random_numbers_and_caller_rng_untouched(tmp_path):

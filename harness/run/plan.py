@@ -349,10 +349,7 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
             train_s = min(train_s, cell.train.max_wall_s)
         eval_s = 0.0
         for _ in evaluation.weights:
-            eval_s += (n_test or 0) * forward_s
-            if family.can(registry.ACTIVE_UNITS):  # the posterior-means pass
-                cap = evaluation.active_units_max_images
-                eval_s += min(n_test or 0, cap if cap is not None else n_test or 0) * forward_s
+            eval_s += (n_test or 0) * forward_s  # active units are collected in this pass
             if evaluation.iw_k and family.can(registry.IW_NLL):
                 n_iw = n_test if evaluation.iw_max_images is None else min(
                     n_test or 0, evaluation.iw_max_images)
