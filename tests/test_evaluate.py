@@ -13,7 +13,7 @@ from tiny_models import (TINY_AUTOREGRESSIVE, TINY_VAE, TinyAutoregressive, Tiny
 
 from harness.errors import UserError
 from harness.engine.config import EvalConfig
-from harness.engine.evaluate import evaluate, image_grid
+from harness.engine.evaluate import evaluate, image_grid, sampling_speed_rows
 from models.likelihoods import nats_to_bits
 
 FAST = dict(batch_size=5, sample_batch_size=4, sample_repeats=2, sample_warmup=1,
@@ -58,9 +58,15 @@ def test_autoregressive_rows_costs_and_samples(tmp_path):
     assert _one(rows, "params") == sum(p.numel() for p in raw.parameters())
     # Conv 1->8 3x3 and 8->256 1x1 on 8x8: 2·MACs per image.
     assert _one(rows, "flops_per_image") == 2 * 64 * (1 * 8 * 9 + 8 * 256)
-    speed = _rows(rows, "sample_images_per_s")
+    assert not _rows(rows, "sample_images_per_s")  # timed by the runner's speed phase
+    speed = sampling_speed_rows(ema, TINY_AUTOREGRESSIVE, EvalConfig(**FAST), image_size=8)
     assert sorted(r["method"] for r in speed) == ["cached", "naive"]
     assert all(r["value"] > 0 and r["batch_size"] == 4 and r["image_size"] == 8 for r in speed)
+    for row in speed:
+        assert row["min_images_per_s"] <= row["value"] <= row["max_images_per_s"]
+        assert row["spread_fraction"] == pytest.approx(
+            (row["max_images_per_s"] - row["min_images_per_s"]) / row["value"])
+        assert 1 <= row["rounds"] <= EvalConfig().sample_max_rounds and row["repeats"] == 2
     assert not _rows(rows, "iw_bits_per_dim") and not _rows(rows, "active_units")
     for name in ("raw", "ema"):
         assert (tmp_path / f"per_image_test_bits_per_dim_{name}.npy").exists()
@@ -96,7 +102,7 @@ def test_vae_terms_active_units_and_iw_bound(tmp_path):
     iw = _rows(rows, "iw_bits_per_dim")
     assert len(iw) == 1 and iw[0]["k"] == 4 and iw[0]["n_images"] == 7
     assert np.load(tmp_path / "per_image_iw_bits_per_dim_ema.npy").shape == (7,)
-    speed = _rows(rows, "sample_images_per_s")
+    speed = sampling_speed_rows(model, TINY_VAE, config, image_size=8)
     assert [(r["method"], r["temperature"]) for r in speed] == [("ancestral", 1.0)]
     assert (tmp_path / "samples.png").exists()
 
@@ -219,6 +225,48 @@ def test_sampling_throughput_is_the_median_after_warmup():
     rate = sampling_images_per_s(_SleepySampler(), batch_size=6, repeats=3, warmup=1)
     assert rate == pytest.approx(6 / 0.03, rel=0.25)
     assert peak_memory_bytes("cpu") > 10_000_000  # a Python process with torch loaded
+
+
+def _fake_rounds(rates):
+    """A round timer returning the given images/s figures in turn, and a clock that advances
+    one second per round."""
+    calls = []
+
+    def time_round():
+        calls.append(len(calls))
+        return rates[len(calls) - 1]
+
+    return time_round, calls, lambda: float(len(calls))
+
+
+def test_spread_rule_stops_as_soon_as_the_last_rounds_agree():
+    from harness.engine.throughput import measure_until_settled
+
+    # Rounds 1-2 disagree with the rest (a neighbour still busy); 3-5 agree within 2%.
+    time_round, calls, clock = _fake_rounds([30.0, 95.0, 100.0, 101.0, 99.5, 100.0, 100.0])
+    result = measure_until_settled(time_round, window=3, tolerance=0.05, max_rounds=10,
+                                   max_s=1e9, clock=clock)
+    assert len(calls) == 5 and result.rounds == 5 and result.settled
+    assert result.images_per_s == 100.0  # the median of 100, 101, 99.5
+    assert (result.min_images_per_s, result.max_images_per_s) == (99.5, 101.0)
+    assert result.spread_fraction == pytest.approx(1.5 / 100.0)
+
+
+def test_spread_rule_stops_at_the_round_or_time_cap_and_says_it_did_not_settle():
+    from harness.engine.throughput import measure_until_settled, rounds_settled
+
+    swinging = [27.0, 95.0, 40.0, 90.0, 30.0, 80.0, 50.0, 99.0]
+    time_round, calls, clock = _fake_rounds(swinging)
+    capped = measure_until_settled(time_round, window=3, tolerance=0.05, max_rounds=6,
+                                   max_s=1e9, clock=clock)
+    assert len(calls) == 6 and not capped.settled
+    assert capped.min_images_per_s <= capped.images_per_s <= capped.max_images_per_s
+    assert capped.spread_fraction == pytest.approx((90 - 30) / 80)  # rounds 4-6
+    time_round, calls, clock = _fake_rounds(swinging)
+    timed_out = measure_until_settled(time_round, window=3, tolerance=0.05, max_rounds=8,
+                                      max_s=2.0, clock=clock)  # one second per round
+    assert len(calls) == 2 and timed_out.rounds == 2 and not timed_out.settled
+    assert not rounds_settled([100.0, 100.0], window=3, tolerance=0.5)  # too few rounds
 
 
 class _BiasAsInput(torch.nn.Module):

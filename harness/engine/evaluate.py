@@ -19,9 +19,10 @@ over EVERY test image (the last partial batch included; the reference's `drop_la
 * `iw_bits_per_dim` with `k` on the first `iw_max_images` images, for families declaring IW_NLL
   (Burda et al. 2016, Eq. 8);
 
-and once per call: `params`, `flops_per_image`, `sample_images_per_s` for each of the family's
-declared samplers (an autoregressive family's only as `sample_methods` lists them), and a sample
-grid `samples.png`. What a family can do comes from its `models.registry.Family`, never from
+and once per call: `params`, `flops_per_image` and a sample grid `samples.png`. Sampling
+speed (`sample_images_per_s` for each of the family's declared samplers, an autoregressive
+family's only as `sample_methods` lists them) is not timed here but by `sampling_speed_rows`,
+which the runner calls in its speed phase after every cell has finished. What a family can do comes from its `models.registry.Family`, never from
 inspecting the model.
 
 Common random numbers: the posterior noise of the batch starting at image i is seeded from
@@ -325,19 +326,7 @@ def _cost_rows(model: nn.Module, family: registry.Family, images: torch.Tensor,
         torch.manual_seed(config.noise_seed)
         rows.append({"metric": "flops_per_image",
                      "value": throughput.flops_per_image(model, images[:1])})
-    image_size = int(images.shape[-1])
     chosen = samplers(family, config.sample_methods)
-    for sampler in chosen:
-        generator = torch.Generator(device=device).manual_seed(config.noise_seed)
-        rate = throughput.sampling_images_per_s(model, config.sample_batch_size,
-                                                config.sample_repeats, config.sample_warmup,
-                                                generator=generator, **sampler.kwargs)
-        row = {"metric": "sample_images_per_s", "value": rate, "method": sampler.method,
-               "batch_size": config.sample_batch_size, "image_size": image_size,
-               "repeats": config.sample_repeats}
-        if sampler.temperature:
-            row["temperature"] = sampler.kwargs["temperature"]
-        rows.append(row)
     if config.n_grid_samples and chosen:
         # The fastest sampler draws the grid (the cached one of an autoregressive model).
         grid_sampler = next((s for s in chosen if s.method == "cached"), chosen[0])
@@ -347,6 +336,45 @@ def _cost_rows(model: nn.Module, family: registry.Family, images: torch.Tensor,
         assert samples.dtype == torch.uint8 and samples.shape[1:] == images.shape[1:], \
             (samples.dtype, samples.shape)
         save_png(image_grid(samples), out_dir / "samples.png")
+    return rows
+
+
+def speed_row(measurement: throughput.SpeedMeasurement, **context: Any) -> dict[str, Any]:
+    """One `sample_images_per_s` row (docs/results.md): the median images/s of the settled
+    rounds as the value, their min, max and relative spread, the rounds run, and `context`
+    (method, batch_size, image_size, repeats = sample calls per round, temperature)."""
+    return {"metric": "sample_images_per_s", "value": measurement.images_per_s,
+            "min_images_per_s": measurement.min_images_per_s,
+            "max_images_per_s": measurement.max_images_per_s,
+            "spread_fraction": measurement.spread_fraction, "rounds": measurement.rounds,
+            "settled": measurement.settled, **context}
+
+
+def sampling_speed_rows(model: nn.Module, family: registry.Family, config: EvalConfig,
+                        image_size: int) -> list[dict[str, Any]]:
+    """`sample_images_per_s` rows of each sampler of `samplers(family, config.sample_methods)`
+    at `config.sample_batch_size`: rounds of `sample_repeats` calls after `sample_warmup` until
+    the stopping rule of `config` (throughput.measure_until_settled). The runner calls it in its
+    speed phase, after every cell, with nothing else running: timings taken while another
+    process trains are not comparable between cells."""
+    device = throughput.model_device(model)
+    rows = []
+    was_training = model.training
+    model.eval()
+    for sampler in samplers(family, config.sample_methods):
+        generator = torch.Generator(device=device).manual_seed(config.noise_seed)
+        measurement = throughput.sampling_speed(
+            model, config.sample_batch_size, config.sample_repeats, config.sample_warmup,
+            window=config.sample_window_rounds, tolerance=config.sample_spread_tolerance,
+            max_rounds=config.sample_max_rounds, max_s=config.sample_max_s,
+            generator=generator, **sampler.kwargs)
+        context: dict[str, Any] = {"method": sampler.method,
+                                   "batch_size": config.sample_batch_size,
+                                   "image_size": image_size, "repeats": config.sample_repeats}
+        if sampler.temperature:
+            context["temperature"] = sampler.kwargs["temperature"]
+        rows.append(speed_row(measurement, **context))
+    model.train(was_training)
     return rows
 
 
