@@ -14,16 +14,21 @@ from harness.run.results_folder import cell_dir, rebuild_shared_files
 
 
 def _speed_job(experiment: ExperimentConfig, context, root: Path, cells, runnable,
-               after: list[str], cells_to_run: bool) -> slurm.Submitted | None:
-    """The speed phase's job: the one still queued, or a new one starting after `after` (the
-    cells' jobs), when some measurement is pending (or will be, once the cells run)."""
+               after: list[str], submitted_now: bool,
+               cells_to_run: bool) -> slurm.Submitted | None:
+    """The speed phase's job, when some measurement is pending (or will be, once the cells
+    run): the one still queued when no cell was submitted now; otherwise a new one starting
+    after `after` (the cells' jobs) and after the still-queued one, which may start before the
+    new cells end and measure only the cells done by then."""
     todo = speed_phase.pending(runnable, context, root, assume_done=cells_to_run)
     if not todo:
         return None
     job = slurm.queued_speed_phase(root)
-    if job is not None:
+    if job is not None and not submitted_now:
         say(f"  speed phase: still queued or running as Slurm job {job.job_id}; not resubmitted")
         return job
+    if job is not None:
+        after = sorted(set(after) | {job.job_id})
     job = slurm.submit_speed_phase(runnable, context, root, experiment.runner.slurm, cells,
                                    experiment.runner.summary_weights,
                                    f"harness-{experiment.name}-speed", after)
@@ -50,7 +55,7 @@ def run_on_slurm(experiment: ExperimentConfig, pending, context, root: Path, cel
     for job in submitted:
         say(f"→ {job.cell}: Slurm job {job.job_id}, log {job.stdout}")
     after = sorted({job.job_id.split("_")[0] for job in submitted} | set(queued.values()))
-    speed_job = _speed_job(experiment, context, root, cells, runnable, after,
+    speed_job = _speed_job(experiment, context, root, cells, runnable, after, bool(submitted),
                            bool(submitted or queued))
     if not wait:
         say(f"{experiment.name}: {len(submitted)} cell(s) submitted; follow them with "
