@@ -15,6 +15,9 @@ import numpy as np
 STATUS_FILE = "status.json"
 ROWS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+# cells/<cell>/sampling_speed.json: the speed phase's record of the cell ({"status", "error",
+# "settings", "rows", "wall_s"}), written after every cell of the run has finished.
+SPEED_FILE = "sampling_speed.json"
 Z95 = 1.96  # normal 95% interval: mean ± Z95 · sd / √N
 
 SUMMARY_COLUMNS: tuple[str, ...] = (

@@ -24,7 +24,9 @@ toy family the same way. What a family declares:
   fit the configured model is compared against their key shapes to say which one it looks like);
 * optional capabilities, declared: `IW_NLL` (`model.iw_nll_bits_per_dim(images, k,
   chunk_size=)`), `KL_PER_LAYER` (a `kl_nats_per_layer` loss entry), `ACTIVE_UNITS`
-  (`model.posterior_means(images)`: list of (N, zdim, R, R)), `ACTIVATION_CHECKPOINTING`
+  (`model.loss(images, posterior_means=True)` adds `posterior_means`: a list of (N, zdim, R, R)
+  posterior means μ_q, one per latent layer, at the pass's own sampled path; the other entries
+  as without it), `ACTIVATION_CHECKPOINTING`
   (`model.use_activation_checkpointing(enabled)`: recompute blocks in backward).
 
 Lookup errors are `ValueError`s listing the valid names; the harness turns them into user errors.

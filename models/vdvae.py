@@ -43,7 +43,8 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 class VDVAE(nn.Module):
     """`model(images, noise=None)` -> dict of (N,) `elbo_nats_per_dim`, `distortion_nats_per_dim`,
-    `rate_nats_per_dim` and (N, L) `kl_nats_per_layer` (nats per image, per top-down block)."""
+    `rate_nats_per_dim` and (N, L) `kl_nats_per_layer` (nats per image, per top-down block);
+    with `posterior_means=True` also `posterior_means`, a list of (N, zdim, R, R) μ_q."""
 
     def __init__(self, config: VDVAEConfig, channels_last: bool = True):
         super().__init__()
@@ -110,23 +111,30 @@ class VDVAE(nn.Module):
     # ------------------------------------------------------------------------- the ELBO
 
     def forward(self, images: torch.Tensor, noise: Sequence[torch.Tensor] | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                posterior_means: bool = False) -> dict[str, torch.Tensor]:
         """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (spec/vdvae.md,
         "Objective and evaluation").
 
         images: uint8 (N, C, H, W). noise: optional ε per top-down block (N, zdim, R, R), for
         common random numbers; otherwise drawn from `generator` (or the global RNG).
+        posterior_means: also return `posterior_means`, the μ_q of every block (N, zdim, R, R)
+        at this pass's sampled path (block i's q conditioned on the z_<i drawn here), for
+        active-unit counts from the ELBO pass itself; the other outputs are unchanged.
         """
         self._check_images(images)
         n = images.shape[0]
         activations = self.encoder(self._network_input(images))
         eps = self._noise_list(noise, n, generator, images.device)
         kls: list[torch.Tensor] = []
+        means: list[torch.Tensor] = []
 
         def posterior_draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
             q_mean, q_logstd = map(_wide, posterior)
             p_mean, p_logstd = map(_wide, prior)
             kls.append(gaussian_kl(q_mean, q_logstd, p_mean, p_logstd).sum(dim=(1, 2, 3)))
+            if posterior_means:
+                means.append(q_mean.detach())
             return q_mean + torch.exp(q_logstd) * eps[j]
 
         params = self.decoder(n, activations, posterior_draw, self.config.n_top_down)
@@ -134,15 +142,19 @@ class VDVAE(nn.Module):
                                        params, self.config.n_bits)  # (N,)
         kl_per_layer = torch.stack(kls, dim=1)  # (N, L) nats per image
         rate = kl_per_layer.sum(dim=1) / self.n_dims
-        return {"elbo_nats_per_dim": distortion + rate,
-                "distortion_nats_per_dim": distortion,
-                "rate_nats_per_dim": rate,
-                "kl_nats_per_layer": kl_per_layer}
+        out = {"elbo_nats_per_dim": distortion + rate,
+               "distortion_nats_per_dim": distortion,
+               "rate_nats_per_dim": rate,
+               "kl_nats_per_layer": kl_per_layer}
+        if posterior_means:
+            out["posterior_means"] = means
+        return out
 
     def loss(self, images: torch.Tensor, noise: Sequence[torch.Tensor] | None = None,
-             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+             generator: torch.Generator | None = None,
+             posterior_means: bool = False) -> dict[str, torch.Tensor]:
         """Registry interface: `forward` plus `loss_nats_per_dim`, the negative ELBO per dim."""
-        out = self(images, noise=noise, generator=generator)
+        out = self(images, noise=noise, generator=generator, posterior_means=posterior_means)
         out["loss_nats_per_dim"] = out["elbo_nats_per_dim"]
         return out
 
@@ -209,7 +221,8 @@ class VDVAE(nn.Module):
     @torch.no_grad()
     def posterior_means(self, images: torch.Tensor) -> list[torch.Tensor]:
         """μ_q of every top-down block, (N, zdim, R, R) each, propagating z = μ_q (ε = 0) down
-        the hierarchy so the result is deterministic (for active-unit counts)."""
+        the hierarchy so the result is deterministic (the mean path; the evaluator's active-unit
+        counts use the ELBO pass's sampled path instead: `loss(..., posterior_means=True)`)."""
         self._check_images(images)
         n = images.shape[0]
         activations = self.encoder(self._network_input(images))

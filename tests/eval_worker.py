@@ -22,9 +22,11 @@ from harness.engine import distributed
 from harness.engine.config import EvalConfig
 from harness.engine.evaluate import evaluate
 
-# 23 images in batches of 4: 6 batches, the last one partial, dealt unevenly to 2 ranks.
+# 23 images in batches of 4: 6 batches, the last one partial, dealt unevenly to 2 ranks; active
+# units from the first 10 images: batches 0 and 8 (cut to 2 images) on rank 0, 4 on rank 1.
 CONFIG = EvalConfig(batch_size=4, weights=("raw",), n_grid_samples=0, sample_repeats=1,
-                    sample_warmup=0, flops=False, iw_k=2, iw_max_images=5, noise_seed=7)
+                    sample_warmup=0, flops=False, iw_k=2, iw_max_images=5, noise_seed=7,
+                    active_units_max_images=10)
 
 
 def main() -> None:

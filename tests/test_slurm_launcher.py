@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import submitit
 
+from harness.atomic import read_jsonl
 from harness.cli import main
 from harness.contract import SUMMARY_COLUMNS
 from harness.experiment.load import load_experiment
@@ -144,6 +145,14 @@ def test_slurm_run_gives_the_local_summary(slurm_cluster, tmp_path, capsys):
         assert status["slurm_job_id"] == job and Path(status["log"]).is_file()
     # All cells went out as one job array.
     assert len({_launch(tmp_path / "slurm", c)["job_id"].split("_")[0] for c in on_slurm}) == 1
+    # Then the speed phase, as its own job once the array had ended: both models timed.
+    speed_job = json.loads((tmp_path / "slurm" / "speed_phase_slurm.json").read_text())
+    assert speed_job["after"] == [_launch(tmp_path / "slurm", "vdvae_g01_s0")["job_id"]
+                                  .split("_")[0]]
+    speed = [r for r in read_jsonl(tmp_path / "slurm" / "metrics.jsonl")
+             if r["metric"] == "sample_images_per_s"]
+    assert {r["cell"] for r in speed} == {"vdvae_g01_s0", "pixelcnn_s0"}
+    assert all(r["min_images_per_s"] <= r["value"] <= r["max_images_per_s"] for r in speed)
 
 
 def _harness(*args: str) -> subprocess.Popen:
@@ -206,7 +215,9 @@ def test_cancelled_job_fails_and_a_rerun_resubmits_it(slurm_cluster, tmp_path, c
     assert main(["run", str(experiment), "--results", str(results), "--launcher", "slurm"]) == 0
     out = capsys.readouterr().out
     assert "2 cell(s) already done; skipped" in out
-    assert out.count("Slurm job ") == 1 and "→ pixelcnn_s0: Slurm job" in out
+    # One cell resubmitted, and a speed phase after it (and after the first one's job).
+    assert out.count("Slurm job ") == 2 and "→ pixelcnn_s0: Slurm job" in out
+    assert "→ speed phase (" in out and "cell(s) to time): Slurm job" in out
     assert _launch(results, "pixelcnn_s0")["job_id"] != cancelled
     assert {r["status"] for r in _summary(results).values()} == {"done"}
     assert main(["status", str(results)]) == 0

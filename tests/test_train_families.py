@@ -11,7 +11,7 @@ from tiny_models import realish_images
 
 from harness import atomic
 from harness.engine.config import EvalConfig, TrainConfig
-from harness.engine.evaluate import evaluate
+from harness.engine.evaluate import evaluate, sampling_speed_rows
 from harness.engine.train import train
 from models import registry
 
@@ -52,9 +52,11 @@ def test_vdvae_evaluation_rows(tmp_path):
     assert len(per_layer) == model.config.n_top_down
     assert value["active_units"] == sum(r["value"] for r in per_layer)
     assert value["iw_bits_per_dim"] > 0 and value["params"] > 0 and value["flops_per_image"] > 0
-    speed = [r for r in rows if r["metric"] == "sample_images_per_s"]
+    assert not [r for r in rows if r["metric"] == "sample_images_per_s"]  # the speed phase's
+    speed = sampling_speed_rows(model, registry.get("vdvae"), config, image_size=28)
     assert [(r["method"], r["temperature"], r["image_size"]) for r in speed] == \
         [("ancestral", 1.0, 28)]
+    assert speed[0]["min_images_per_s"] <= speed[0]["value"] <= speed[0]["max_images_per_s"]
     assert math.isfinite(value["test_bits_per_dim_ci95"])
 
 
@@ -66,6 +68,6 @@ def test_pixelcnn_evaluation_rows(tmp_path):
     rows = evaluate({"ema": model}, registry.get("pixelcnn"), images, config, tmp_path)
     metrics = {r["metric"] for r in rows}
     assert "iw_bits_per_dim" not in metrics and "active_units" not in metrics  # exact likelihood
-    assert {r["method"] for r in rows if r["metric"] == "sample_images_per_s"} == \
-        {"naive", "cached"}
+    speed = sampling_speed_rows(model, registry.get("pixelcnn"), config, image_size=8)
+    assert {r["method"] for r in speed} == {"naive", "cached"}
     assert Image.open(tmp_path / "samples.png").mode == "RGB"

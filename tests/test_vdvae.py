@@ -308,6 +308,31 @@ def test_posterior_means_are_deterministic_and_shaped():
         assert torch.equal(a, b)
 
 
+def test_elbo_pass_hands_out_the_posterior_means_of_its_sampled_path():
+    model = perturbed_model()
+    images = images_for(model, 3)
+    noise = [torch.randn(3, 4, b.resolution, b.resolution) for b in model.decoder.dec_blocks]
+    with torch.no_grad():
+        plain = model.loss(images, noise)
+        asked = model.loss(images, noise, posterior_means=True)
+    means = asked.pop("posterior_means")
+    assert asked.keys() == plain.keys()  # the default output is untouched
+    for key in plain:
+        assert torch.equal(asked[key], plain[key]), key
+    mean_path = model.posterior_means(images)
+    assert [m.shape for m in means] == [m.shape for m in mean_path]
+    # The first block sees no sample yet; later blocks are conditioned on this pass's z_<i.
+    torch.testing.assert_close(means[0], mean_path[0])
+    assert not torch.allclose(means[-1], mean_path[-1])
+    # One group (G = 1): every block is conditioned on the group start only, so the sampled
+    # path's means are the mean path's.
+    single = perturbed_model(effective_depth=1)
+    with torch.no_grad():
+        means = single.loss(images, noise, posterior_means=True)["posterior_means"]
+    for a, b in zip(means, single.posterior_means(images)):
+        torch.testing.assert_close(a, b)
+
+
 def test_channels_last_and_nchw_layouts_agree():
     model = perturbed_model()
     nchw = VDVAE(model.config, channels_last=False)

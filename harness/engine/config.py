@@ -99,8 +99,9 @@ class EvalConfig:
     `batch_size` None picks 512 on a GPU and 32 on a CPU: on a CPU large batches are slower per
     image (1 thread, shared 2-core machine: PixelCNN cpu_mnist 990 images/s at 32, 465 at 64;
     VDVAE fmnist_400k ~115 at 8-48, 52 at 500), as big activations spill the caches and are
-    allocated afresh by the kernel. `active_units_max_images` bounds the extra encoder/decoder
-    pass that active units need (None = every test image). Paired comparisons need the same
+    allocated afresh by the kernel. `active_units_max_images` bounds the test images whose posterior
+    means (collected in the ELBO pass itself, no extra pass) count for active units (None =
+    every test image). Paired comparisons need the same
     batch size (and noise seed) for every model: posterior noise is seeded per batch."""
 
     batch_size: PositiveInt | None = None
@@ -110,8 +111,14 @@ class EvalConfig:
     iw_chunk_size: PositiveInt = 16
     noise_seed: NonNegativeInt = 0
     sample_batch_size: PositiveInt = 16
-    sample_repeats: PositiveInt = 3
+    sample_repeats: PositiveInt = 3      # sample calls per timed round (the speed phase)
     sample_warmup: NonNegativeInt = 1
+    # The speed phase's stopping rule (harness.engine.throughput.measure_until_settled): rounds
+    # until the last `sample_window_rounds` agree within this relative spread, or a cap is hit.
+    sample_spread_tolerance: NonNegativeFloat = 0.05
+    sample_window_rounds: PositiveInt = 3
+    sample_max_rounds: PositiveInt = 10
+    sample_max_s: PositiveFloat = 120.0
     sample_methods: tuple[Sampler, ...] = ("naive", "cached")
     n_grid_samples: NonNegativeInt = 64
     flops: bool = True
@@ -122,6 +129,9 @@ class EvalConfig:
         validate_fields(self, "eval")
         if not self.weights:
             raise ValueError("eval.weights: name at least one of raw, ema")
+        if self.sample_max_rounds < self.sample_window_rounds:
+            raise ValueError(f"eval.sample_max_rounds ({self.sample_max_rounds}) must be >= "
+                             f"eval.sample_window_rounds ({self.sample_window_rounds})")
 
     def batch_size_on(self, device_type: str) -> int:
         """The evaluation batch on a device type ('cuda' or 'cpu') when `batch_size` is None."""

@@ -11,13 +11,18 @@ over EVERY test image (the last partial batch included; the reference's `drop_la
   (nats per image and layer) per layer in bits per dim (`kl_bits_per_dim` with `layer`), for
   families declaring KL_PER_LAYER;
 * `active_units` (Burda et al. 2016, Section 5.2: Cov_x(E_q[z]) > threshold), total and per
-  layer, for families declaring ACTIVE_UNITS;
+  layer, for families declaring ACTIVE_UNITS, from the posterior means of the same pass that
+  computes the ELBO (no second pass): block i's μ_q(z_i | x, z_<i) with z_<i the posterior
+  samples of that pass, i.e. a one-sample unbiased estimate of E_q[z_i | x] over the upper
+  layers, where a mean-path pass (z_<i = μ_q, as the VDVAE's `posterior_means`) would give a
+  deterministic but different value; the sample's noise adds to the variance across images;
 * `iw_bits_per_dim` with `k` on the first `iw_max_images` images, for families declaring IW_NLL
   (Burda et al. 2016, Eq. 8);
 
-and once per call: `params`, `flops_per_image`, `sample_images_per_s` for each of the family's
-declared samplers (an autoregressive family's only as `sample_methods` lists them), and a sample
-grid `samples.png`. What a family can do comes from its `models.registry.Family`, never from
+and once per call: `params`, `flops_per_image` and a sample grid `samples.png`. Sampling
+speed (`sample_images_per_s` for each of the family's declared samplers, an autoregressive
+family's only as `sample_methods` lists them) is not timed here but by `sampling_speed_rows`,
+which the runner calls in its speed phase after every cell has finished. What a family can do comes from its `models.registry.Family`, never from
 inspecting the model.
 
 Common random numbers: the posterior noise of the batch starting at image i is seeded from
@@ -97,12 +102,76 @@ def sharded_bits_per_dim(modules: dict[str, nn.Module], images, batch_size: int,
     return results, n
 
 
+class LatentMoments:
+    """Float64 sums of the posterior means and of their squares per latent layer and unit, over
+    the first `n_images` images of a likelihood pass (the active-unit statistics, accumulated
+    where the ELBO is computed). Population variance per unit: E[μ²] - E[μ]²."""
+
+    def __init__(self, n_images: int):
+        assert n_images >= 1, n_images
+        self.n_images = n_images
+        self.sums: list[torch.Tensor] = []      # per layer (zdim, R, R) float64
+        self.squares: list[torch.Tensor] = []
+
+    def wants(self, first: int) -> bool:
+        """Whether the batch starting at image `first` holds any of the first n_images."""
+        return first < self.n_images
+
+    def add(self, first: int, means: list[torch.Tensor]) -> None:
+        """Add the batch starting at image `first`: per layer (b, zdim, R, R) posterior means;
+        only its images below n_images count."""
+        take = min(means[0].shape[0], self.n_images - first) if means else 0
+        if take <= 0:
+            return
+        if not self.sums:
+            self.sums = [torch.zeros(m.shape[1:], dtype=torch.float64, device=m.device)
+                         for m in means]
+            self.squares = [torch.zeros_like(s) for s in self.sums]
+        for layer, mean in enumerate(means):
+            mean = mean[:take].double()
+            self.sums[layer] += mean.sum(0)
+            self.squares[layer] += (mean * mean).sum(0)
+
+    def all_reduce(self, info: distributed.DistInfo, device: torch.device) -> None:
+        """Sum every rank's share (collective under torchrun: every rank calls it). A rank that
+        saw none of the first n_images contributes zeros of the shapes another rank found."""
+        if not info.enabled:
+            return
+        shapes = next((s for s in distributed.all_gather_object(
+            [tuple(t.shape) for t in self.sums] or None, info) if s), None)
+        if shapes is None:
+            return
+        if not self.sums:
+            self.sums = [torch.zeros(s, dtype=torch.float64, device=device) for s in shapes]
+            self.squares = [torch.zeros_like(t) for t in self.sums]
+        flat = torch.cat([t.reshape(-1) for t in self.sums + self.squares])
+        distributed.all_reduce_sum(flat, info)
+        for tensor, piece in zip(self.sums + self.squares,
+                                 flat.split([t.numel() for t in self.sums + self.squares])):
+            tensor.copy_(piece.view_as(tensor))
+
+    def variances(self) -> list[torch.Tensor]:
+        """Per layer (zdim, R, R) float64 population variance of the posterior means."""
+        n = self.n_images
+        return [square / n - (total / n) ** 2 for total, square in zip(self.sums, self.squares)]
+
+    def active_units(self, threshold: float) -> list[tuple[int, int]]:
+        """(active, total) latent units per layer: variance across images > threshold."""
+        return [(int((v > threshold).sum()), v.numel()) for v in self.variances()]
+
+
 def likelihood_pass(model: nn.Module, images, batch_size: int, noise_seed: int,
-                    info: distributed.DistInfo | None = None
+                    info: distributed.DistInfo | None = None,
+                    moments: LatentMoments | None = None
                     ) -> tuple[dict[str, np.ndarray], float]:
     """Per-image float64 arrays of every (N,) and (N, L) entry of `model.loss` over all images,
     and the pass's images/s (synchronised, gathering included). Batches are seeded from
     (noise_seed, first index).
+
+    `moments` (a family with ACTIVE_UNITS): the batches holding any of its first n_images are
+    run as `model.loss(batch, posterior_means=True)` and their posterior means, those at this
+    pass's sampled path, accumulated into it (summed over ranks at the end); the other entries
+    are the same as without it.
 
     Under torchrun (`info` with several ranks; collective: every rank calls it) the batches are
     dealt round-robin to the ranks and the per-image values gathered, so every rank returns the
@@ -116,10 +185,16 @@ def likelihood_pass(model: nn.Module, images, batch_size: int, noise_seed: int,
     for first in list(range(0, n, batch_size))[info.rank::info.world_size]:
         batch = images[first:first + batch_size].to(device)  # (b, C, H, W) uint8
         torch.manual_seed(_batch_seed(noise_seed, first))
-        out = model.loss(batch)
+        if moments is not None and moments.wants(first):
+            out = model.loss(batch, posterior_means=True)
+            moments.add(first, out.pop("posterior_means"))
+        else:
+            out = model.loss(batch)
         mine[first] = {key: value.detach().double().cpu().numpy() for key, value in out.items()
                        if isinstance(value, torch.Tensor) and value.dim() in (1, 2)
                        and value.shape[0] == batch.shape[0]}
+    if moments is not None:
+        moments.all_reduce(info, device)
     throughput.synchronize(device)
     shares = distributed.all_gather_object(mine, info) if info.enabled else [mine]
     arrays: dict[str, np.ndarray] = {}
@@ -130,32 +205,6 @@ def likelihood_pass(model: nn.Module, images, batch_size: int, noise_seed: int,
                     arrays[key] = np.empty((n,) + value.shape[1:], dtype=np.float64)
                 arrays[key][first:first + value.shape[0]] = value
     return arrays, n / max(time.perf_counter() - start, 1e-9)
-
-
-def active_units(model: nn.Module, images, batch_size: int, noise_seed: int,
-                 threshold: float) -> list[tuple[int, int]]:
-    """(active, total) latent units per layer: units whose posterior mean varies across images
-    with variance > threshold (population variance over all images, float64 sums)."""
-    device = throughput.model_device(model)
-    sums: list[torch.Tensor] = []
-    squares: list[torch.Tensor] = []
-    n = images.shape[0]
-    for first in range(0, n, batch_size):
-        batch = images[first:first + batch_size].to(device)
-        torch.manual_seed(_batch_seed(noise_seed, first))
-        means = model.posterior_means(batch)  # list of (b, zdim, R, R)
-        if not sums:
-            sums = [torch.zeros(m.shape[1:], dtype=torch.float64, device=device) for m in means]
-            squares = [torch.zeros_like(s) for s in sums]
-        for layer, mean in enumerate(means):
-            mean = mean.double()
-            sums[layer] += mean.sum(0)
-            squares[layer] += (mean * mean).sum(0)
-    counts = []
-    for total, square in zip(sums, squares):
-        variance = square / n - (total / n) ** 2
-        counts.append((int((variance > threshold).sum()), variance.numel()))
-    return counts
 
 
 def iw_pass(model: nn.Module, images, k: int, chunk_size: int, batch_size: int,
@@ -212,9 +261,15 @@ def save_npy(array: np.ndarray, path: Path) -> None:
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def _active_unit_images(config: EvalConfig, n: int) -> int:
+    """How many of the first test images the active-unit statistics cover."""
+    return n if config.active_units_max_images is None else min(n, config.active_units_max_images)
+
+
 def _weights_rows(name: str, model: nn.Module, family: registry.Family, images,
                   config: EvalConfig, out_dir: Path,
-                  likelihoods: tuple[dict[str, np.ndarray], float]) -> list[dict[str, Any]]:
+                  likelihoods: tuple[dict[str, np.ndarray], float],
+                  moments: LatentMoments | None) -> list[dict[str, Any]]:
     batch_size = config.batch_size_on(throughput.model_device(model).type)
     arrays, images_per_s = dict(likelihoods[0]), likelihoods[1]
     if "loss_nats_per_dim" not in arrays:
@@ -241,12 +296,10 @@ def _weights_rows(name: str, model: nn.Module, family: registry.Family, images,
             metric = key[:-len("_nats_per_layer")] + "_bits_per_dim"
             for layer, value in enumerate(nats_to_bits(values / dims).mean(axis=0)):
                 rows.append({"metric": metric, "value": float(value), "layer": layer, **base})
-    if family.can(registry.ACTIVE_UNITS):
-        n_au = n if config.active_units_max_images is None else \
-            min(n, config.active_units_max_images)
-        counts = active_units(model, images if n_au == n else images[:n_au], batch_size,
-                              config.noise_seed, config.active_unit_threshold)
-        context = {"threshold": config.active_unit_threshold, "n_images": n_au, **base}
+    if moments is not None:  # collected in the likelihood pass (family with ACTIVE_UNITS)
+        counts = moments.active_units(config.active_unit_threshold)
+        context = {"threshold": config.active_unit_threshold, "n_images": moments.n_images,
+                   **base}
         rows.append({"metric": "active_units", "value": sum(a for a, _ in counts),
                      "units": sum(t for _, t in counts), **context})
         for layer, (active, total) in enumerate(counts):
@@ -273,19 +326,7 @@ def _cost_rows(model: nn.Module, family: registry.Family, images: torch.Tensor,
         torch.manual_seed(config.noise_seed)
         rows.append({"metric": "flops_per_image",
                      "value": throughput.flops_per_image(model, images[:1])})
-    image_size = int(images.shape[-1])
     chosen = samplers(family, config.sample_methods)
-    for sampler in chosen:
-        generator = torch.Generator(device=device).manual_seed(config.noise_seed)
-        rate = throughput.sampling_images_per_s(model, config.sample_batch_size,
-                                                config.sample_repeats, config.sample_warmup,
-                                                generator=generator, **sampler.kwargs)
-        row = {"metric": "sample_images_per_s", "value": rate, "method": sampler.method,
-               "batch_size": config.sample_batch_size, "image_size": image_size,
-               "repeats": config.sample_repeats}
-        if sampler.temperature:
-            row["temperature"] = sampler.kwargs["temperature"]
-        rows.append(row)
     if config.n_grid_samples and chosen:
         # The fastest sampler draws the grid (the cached one of an autoregressive model).
         grid_sampler = next((s for s in chosen if s.method == "cached"), chosen[0])
@@ -295,6 +336,45 @@ def _cost_rows(model: nn.Module, family: registry.Family, images: torch.Tensor,
         assert samples.dtype == torch.uint8 and samples.shape[1:] == images.shape[1:], \
             (samples.dtype, samples.shape)
         save_png(image_grid(samples), out_dir / "samples.png")
+    return rows
+
+
+def speed_row(measurement: throughput.SpeedMeasurement, **context: Any) -> dict[str, Any]:
+    """One `sample_images_per_s` row (docs/results.md): the median images/s of the settled
+    rounds as the value, their min, max and relative spread, the rounds run, and `context`
+    (method, batch_size, image_size, repeats = sample calls per round, temperature)."""
+    return {"metric": "sample_images_per_s", "value": measurement.images_per_s,
+            "min_images_per_s": measurement.min_images_per_s,
+            "max_images_per_s": measurement.max_images_per_s,
+            "spread_fraction": measurement.spread_fraction, "rounds": measurement.rounds,
+            "settled": measurement.settled, **context}
+
+
+def sampling_speed_rows(model: nn.Module, family: registry.Family, config: EvalConfig,
+                        image_size: int) -> list[dict[str, Any]]:
+    """`sample_images_per_s` rows of each sampler of `samplers(family, config.sample_methods)`
+    at `config.sample_batch_size`: rounds of `sample_repeats` calls after `sample_warmup` until
+    the stopping rule of `config` (throughput.measure_until_settled). The runner calls it in its
+    speed phase, after every cell, with nothing else running: timings taken while another
+    process trains are not comparable between cells."""
+    device = throughput.model_device(model)
+    rows = []
+    was_training = model.training
+    model.eval()
+    for sampler in samplers(family, config.sample_methods):
+        generator = torch.Generator(device=device).manual_seed(config.noise_seed)
+        measurement = throughput.sampling_speed(
+            model, config.sample_batch_size, config.sample_repeats, config.sample_warmup,
+            window=config.sample_window_rounds, tolerance=config.sample_spread_tolerance,
+            max_rounds=config.sample_max_rounds, max_s=config.sample_max_s,
+            generator=generator, **sampler.kwargs)
+        context: dict[str, Any] = {"method": sampler.method,
+                                   "batch_size": config.sample_batch_size,
+                                   "image_size": image_size, "repeats": config.sample_repeats}
+        if sampler.temperature:
+            context["temperature"] = sampler.kwargs["temperature"]
+        rows.append(speed_row(measurement, **context))
+    model.train(was_training)
     return rows
 
 
@@ -343,13 +423,16 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
         first_name: dict[int, str] = {}  # id(module) -> the first weights name bound to it
         passes = {}
+        moments: dict[str, LatentMoments | None] = {}
         for name, model in chosen.items():
             model.eval()
             if id(model) not in first_name:
                 first_name[id(model)] = name
                 batch_size = config.batch_size_on(throughput.model_device(model).type)
+                moments[name] = (LatentMoments(_active_unit_images(config, test_images.shape[0]))
+                                 if family.can(registry.ACTIVE_UNITS) else None)
                 passes[name] = likelihood_pass(model, test_images, batch_size,
-                                               config.noise_seed, info)
+                                               config.noise_seed, info, moments[name])
         if not info.is_main:
             return []
         for name, model in chosen.items():
@@ -358,7 +441,7 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
                 rows += _relabelled(rows, same, name, out_dir)
                 continue
             rows += _weights_rows(name, model, family, test_images, config, out_dir,
-                                  passes[name])
+                                  passes[name], moments[name])
         sampling_model = chosen.get("ema", next(iter(chosen.values())))
         rows += _cost_rows(sampling_model, family, test_images, config, out_dir)
     return rows

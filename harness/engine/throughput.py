@@ -3,7 +3,9 @@
 The VDVAE paper's sampling claim (one decoder pass per sample versus one network evaluation per
 sub-pixel for an autoregressive model; ../shared/spec/vdvae.md "Sampling-speed claim") is
 checked here with wall-clock numbers, measured side by side on the same device: warm-up calls
-first, device synchronisation around every timed call, the median of several repeats.
+first, device synchronisation around every timed call, the median of several repeats; the
+runner's figures (`sampling_speed`) time rounds until the last few agree within a tolerance and
+report their spread.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -98,6 +102,79 @@ def sampling_images_per_s(model: nn.Module, batch_size: int, repeats: int = 3, w
             if index >= warmup:
                 rates.append(batch_size / max(elapsed, 1e-9))
     return float(statistics.median(rates))
+
+
+@dataclass(frozen=True)
+class SpeedMeasurement:
+    """A sampling speed from timed rounds: the median, min and max images/s of the last
+    `window` rounds (all of them when fewer ran), their relative spread (max - min) / median,
+    how many rounds ran and whether the spread came under the tolerance (`settled`) or a cap on
+    rounds or time stopped the measurement first."""
+
+    images_per_s: float
+    min_images_per_s: float
+    max_images_per_s: float
+    spread_fraction: float
+    rounds: int
+    settled: bool
+
+
+def spread_fraction(rates: list[float]) -> float:
+    """(max - min) / median of images/s figures: 0 when they agree exactly."""
+    median = statistics.median(rates)
+    return (max(rates) - min(rates)) / median if median > 0 else float("inf")
+
+
+def rounds_settled(rates: list[float], window: int, tolerance: float) -> bool:
+    """The stopping rule: at least `window` rounds, and the last `window` within `tolerance`
+    relative spread of each other."""
+    return len(rates) >= window and spread_fraction(rates[-window:]) <= tolerance
+
+
+def measure_until_settled(time_round: Callable[[], float], window: int = 3,
+                          tolerance: float = 0.05, max_rounds: int = 10, max_s: float = 120.0,
+                          clock: Callable[[], float] = time.perf_counter) -> SpeedMeasurement:
+    """Call `time_round()` (one round's images/s) until the last `window` rounds agree within
+    `tolerance` (relative spread), `max_rounds` rounds have run, or `max_s` seconds have passed
+    (at least one round always runs). The figure is the median of the last `window` rounds."""
+    assert window >= 1 and max_rounds >= 1 and tolerance >= 0 and max_s > 0, \
+        (window, max_rounds, tolerance, max_s)
+    start = clock()
+    rates: list[float] = []
+    while True:
+        rates.append(float(time_round()))
+        settled = rounds_settled(rates, window, tolerance)
+        if settled or len(rates) >= max_rounds or clock() - start >= max_s:
+            break
+    last = rates[-window:]
+    return SpeedMeasurement(images_per_s=float(statistics.median(last)),
+                            min_images_per_s=min(last), max_images_per_s=max(last),
+                            spread_fraction=spread_fraction(last), rounds=len(rates),
+                            settled=settled)
+
+
+def sampling_speed(model: nn.Module, batch_size: int, repeats: int = 3, warmup: int = 1,
+                   window: int = 3, tolerance: float = 0.05, max_rounds: int = 10,
+                   max_s: float = 120.0, **sample_kwargs) -> SpeedMeasurement:
+    """Images/s of `model.sample(batch_size, **sample_kwargs)`: `warmup` untimed calls, then
+    rounds of `repeats` calls timed together (synchronised), until `measure_until_settled`
+    stops. Meant to run with nothing else on the machine (the runner's speed phase)."""
+    assert batch_size >= 1 and repeats >= 1 and warmup >= 0, (batch_size, repeats, warmup)
+    device = model_device(model)
+
+    def one_round() -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.sample(batch_size, **sample_kwargs)
+        synchronize(device)
+        return repeats * batch_size / max(time.perf_counter() - start, 1e-9)
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model.sample(batch_size, **sample_kwargs)
+        synchronize(device)
+        return measure_until_settled(one_round, window, tolerance, max_rounds, max_s)
 
 
 def reset_peak_memory(device: torch.device | str | None = None) -> None:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.checks import (
-    NonNegativeInt, PositiveFloat, PositiveInt, UnitExclusive, validate_fields,
+    NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitExclusive, validate_fields,
 )
 from harness.contract import DEFAULT_SUMMARY_WEIGHTS
 from harness.engine.config import EvalConfig, Sampler, TrainConfig, Weights
@@ -139,12 +139,21 @@ class SpeedSpec:
     naive_repeats: PositiveInt = 1
     naive_warmup: NonNegativeInt = 0
     temperature: PositiveFloat = 1.0
+    # The speed phase's stopping rule, as eval.sample_spread_tolerance etc. (a round is
+    # `repeats` calls, `naive_repeats` for the naive sampler).
+    spread_tolerance: NonNegativeFloat = 0.05
+    window_rounds: PositiveInt = 3
+    max_rounds: PositiveInt = 10
+    max_s: PositiveFloat = 120.0
 
     def __post_init__(self):
         validate_fields(self)
         for name in ("batch_sizes", "naive_batch_sizes"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: list at least one batch size")
+        if self.max_rounds < self.window_rounds:
+            raise ValueError(f"max_rounds ({self.max_rounds}) must be >= window_rounds "
+                             f"({self.window_rounds})")
 
     def timing(self, method: str) -> tuple[tuple[int, ...], int, int]:
         """(batch sizes, repeats, warm-up calls) for a sampler."""

@@ -267,7 +267,8 @@ def sampling_throughput(metrics: pd.DataFrame) -> Rendered:
     ax.set_ylabel("images/s (log scale)")
     ax.set_title(title)
     _legend_right(ax)
-    caption = ("Median over cells of the median of timed repeats after warm-up, same device. "
+    caption = ("Median over cells of each cell's median over timing rounds that agree "
+               "(the run's speed phase: one cell at a time, nothing else running), same device. "
                "Annotations: VDVAE images/s divided by PixelCNN images/s (naive: one network "
                "pass per sub-pixel; cached: Ramachandran et al. 2017) at the same batch size."
                + ("" if len(ratios) else " No resolution has both models: no ratio."))

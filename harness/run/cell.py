@@ -6,13 +6,16 @@ Three kinds of cell:
   one), train it (resuming from `checkpoints/` when a previous attempt was interrupted; nothing
   when `train.max_steps` is 0), evaluate raw and EMA weights on the test images, record the
   training figures;
-* `speed`: sampling throughput of an untrained model (sampling speed does not depend on the
-  weights' values: the same operations run whatever they are);
+* `speed`: parameters and FLOPs of an untrained model whose sampling throughput the run's speed
+  phase times (sampling speed does not depend on the weights' values: the same operations run
+  whatever they are);
 * `codec`: per-image PNG / WebP-lossless bits/dim of the same test images (`harness.engine.codecs`).
 
 Every cell writes `config.json`, `provenance.json`, `status.json` ("running", then "done" or
 "failed" with a one-line error; the traceback goes to `error.log`) and its tidy rows to
-`metrics.jsonl`, written whole and atomically when the cell ends.
+`metrics.jsonl`, written whole and atomically when the cell ends. Sampling speed is not timed
+here: harness.run.speed_phase measures it after every cell of the run has ended, into
+`sampling_speed.json`.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import numpy as np
 import torch
 
 from harness import atomic
-from harness.contract import CONFIG_FILE, ROWS_FILE, STATUS_FILE, ci95
+from harness.contract import CONFIG_FILE, ROWS_FILE, SPEED_FILE, STATUS_FILE, ci95
 from harness.data import load_dataset
 from harness.engine import codecs, throughput, weights
-from harness.engine.evaluate import evaluate, samplers, save_npy
+from harness.engine.evaluate import evaluate, save_npy
 from harness.engine.train import train
 from harness.errors import UserError
 from harness.experiment.schema import Cell, DataSpec, SpeedSpec
@@ -94,6 +97,26 @@ def read_rows(cell_dir: Path) -> list[dict]:
         return atomic.read_jsonl(path)
     except (OSError, ValueError):
         return []
+
+
+def read_speed(cell_dir: Path) -> dict:
+    """The cell's speed-phase record (sampling_speed.json); {} when absent or unreadable."""
+    try:
+        value = json.loads((Path(cell_dir) / SPEED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def merged_rows(cell_dir: Path) -> list[dict]:
+    """The cell's rows with its speed-phase rows: those replace any `sample_images_per_s` rows
+    in metrics.jsonl (a folder from before the speed phase timed sampling inside the cell)."""
+    rows = read_rows(cell_dir)
+    speed = read_speed(cell_dir)
+    if speed.get("status") != "done" or not isinstance(speed.get("rows"), list):
+        return rows
+    return [r for r in rows if r.get("metric") != "sample_images_per_s"] + \
+        [r for r in speed["rows"] if isinstance(r, dict)]
 
 
 def one_line(error: BaseException) -> str:
@@ -272,31 +295,15 @@ def _train_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[
 
 
 def _speed_cell(cell: Cell, context: CellContext, cell_dir: Path) -> tuple[list[dict], dict]:
+    """Parameters and FLOPs; the sampling throughput is timed in the run's speed phase
+    (harness.run.speed_phase), after every cell, with nothing else running."""
     family = registry.get(cell.family)
-    speed = context.sampling_speed
     torch.manual_seed(cell.seed)
     model = family.build_model(cell.model_config).eval()
     channels, height, width = family.image_shape(cell.model_config)
     rows: list[dict] = [{"metric": "params", "value": registry.count_parameters(model)}]
     probe = torch.randint(0, 256, (1, channels, height, width), dtype=torch.uint8)
     rows.append({"metric": "flops_per_image", "value": throughput.flops_per_image(model, probe)})
-    for sampler in samplers(family, tuple(speed.methods)):
-        method, kwargs = sampler.method, dict(sampler.kwargs)
-        if sampler.temperature:
-            kwargs["temperature"] = speed.temperature
-        batch_sizes, repeats, warmup = speed.timing(method)
-        for batch_size in batch_sizes:
-            generator = torch.Generator().manual_seed(cell.seed)
-            rate = throughput.sampling_images_per_s(model, batch_size, repeats, warmup,
-                                                    generator=generator, **kwargs)
-            row = {"metric": "sample_images_per_s", "value": rate, "method": method,
-                   "batch_size": batch_size, "image_size": height, "repeats": repeats,
-                   "image_channels": channels}  # untrained weights: speed does not need more
-            if sampler.temperature:
-                row["temperature"] = kwargs["temperature"]
-            rows.append(row)
-            print(f"  {cell.name}: {method} sampling, batch {batch_size}: "
-                  f"{rate:,.2f} images/s", flush=True)
     return rows, {}
 
 
@@ -358,6 +365,7 @@ def run_cell(cell: Cell, context: CellContext, cell_dir: Path) -> dict:
     wall_before = float(previous.get("wall_s") or 0.0) if previous.get("status") != "done" else 0.0
     atomic.write_json(cell_dir / CONFIG_FILE, cell_config_record(cell, context))
     write_status(cell_dir, "running", wall_s=wall_before)
+    (cell_dir / SPEED_FILE).unlink(missing_ok=True)  # measured on the weights of a past run
     try:
         seeds = {"cell": cell.seed,
                  "train": cell.train.seed if cell.train is not None else None,

@@ -126,10 +126,11 @@ def held_elsewhere(directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def guard(root: Path) -> Iterator[None]:
-    """Exclusive `flock` on `<root>/.guard` (released by the kernel if the holder dies)."""
+def guard(root: Path, name: str = ".guard") -> Iterator[None]:
+    """Exclusive `flock` on `<root>/<name>` (released by the kernel if the holder dies);
+    `.guard` serialises rebuilds and lock breaking, `.speed_guard` speed measurements."""
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".guard", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -6,7 +6,8 @@ forward pass; with `jobs` > 1 the probe runs in `jobs` processes at once, so mem
 and core contention are in the figure. Alternatively (`runner.estimate: flops`) times follow from
 FLOPs at a stated sustained rate (`runner.flops_per_s`): training ≈ 3 × forward FLOPs per image.
 The total is the makespan of the cells over `jobs` workers, longest first (the order the runner
-uses).
+uses), plus the speed phase: every sampling-speed measurement, one after another once the cells
+have finished (harness.run.speed_phase), estimated at the fewest rounds its rule allows.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class CellEstimate:
     seconds: float
     detail: str = ""
     peak_memory_bytes: int | None = None  # expected, for a training step (train cells)
+    speed_s: float = 0.0  # its sampling-speed measurement, in the speed phase (not `seconds`)
 
 
 @dataclass
@@ -71,12 +73,14 @@ class Plan:
     cells: list[CellEstimate]
     jobs: int
     threads: int
-    total_s: float
+    total_s: float  # the cells' makespan plus the speed phase
     basis: str
+    speed_phase_s: float = 0.0  # every sampling-speed measurement, one after another
 
     def record(self) -> dict:
         return {"experiment": self.experiment, "jobs": self.jobs,
                 "threads_per_job": self.threads, "estimated_total_s": self.total_s,
+                "estimated_speed_phase_s": self.speed_phase_s,
                 "estimate_basis": self.basis,
                 "estimates": [dataclasses.asdict(c) for c in self.cells]}
 
@@ -340,6 +344,7 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
         return dims * pass_s(b) / CACHED_SPEEDUP
 
     seconds = OVERHEAD_S[cell.kind]
+    speed_s = 0.0  # sampling-speed timing, in the run's speed phase after the cells
     steps = None
     if cell.kind == "train":
         steps = train_steps(cell.train, n_train)
@@ -349,18 +354,17 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
             train_s = min(train_s, cell.train.max_wall_s)
         eval_s = 0.0
         for _ in evaluation.weights:
-            eval_s += (n_test or 0) * forward_s
-            if family.can(registry.ACTIVE_UNITS):  # the posterior-means pass
-                cap = evaluation.active_units_max_images
-                eval_s += min(n_test or 0, cap if cap is not None else n_test or 0) * forward_s
+            eval_s += (n_test or 0) * forward_s  # active units are collected in this pass
             if evaluation.iw_k and family.can(registry.IW_NLL):
                 n_iw = n_test if evaluation.iw_max_images is None else min(
                     n_test or 0, evaluation.iw_max_images)
                 eval_s += (n_iw or 0) * evaluation.iw_k * forward_s
         methods = [s.method for s in samplers(family, evaluation.sample_methods)]
-        for method in methods:
-            eval_s += (evaluation.sample_repeats + evaluation.sample_warmup) * \
-                sample_call_s(method, evaluation.sample_batch_size)
+        for method in methods:  # in the speed phase: at least the window's rounds
+            speed_s += min(evaluation.sample_max_s,
+                           (evaluation.sample_window_rounds * evaluation.sample_repeats
+                            + evaluation.sample_warmup)
+                           * sample_call_s(method, evaluation.sample_batch_size))
         if evaluation.n_grid_samples and methods:
             fastest = "cached" if "cached" in methods else methods[0]
             eval_s += sample_call_s(fastest, evaluation.n_grid_samples)
@@ -370,14 +374,15 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
     else:
         speed = experiment.sampling_speed
         methods = [s.method for s in samplers(family, tuple(speed.methods))]
-        sampling, timings = 0.0, 0
+        timings = 0
         for method in methods:
             batch_sizes, repeats, warmup = speed.timing(method)
-            sampling += sum((repeats + warmup) * sample_call_s(method, b) for b in batch_sizes)
+            speed_s += sum(min(speed.max_s, (speed.window_rounds * repeats + warmup)
+                               * sample_call_s(method, b)) for b in batch_sizes)
             timings += len(batch_sizes)
-        seconds += sampling
-        detail = f"{timings} timings"
-    return CellEstimate(cell.name, cell.kind, cell.params, flops, steps, seconds, detail)
+        detail = f"{timings} timings in the speed phase"
+    return CellEstimate(cell.name, cell.kind, cell.params, flops, steps, seconds, detail,
+                        speed_s=speed_s)
 
 
 def makespan(durations: list[float], jobs: int) -> float:
@@ -415,5 +420,6 @@ def make_plan(experiment: ExperimentConfig, cells: list[Cell], jobs: int, thread
         basis = (f"a {time.perf_counter() - start:.0f} s probe: {probe_steps} timed steps per "
                  f"model in {jobs} process(es) × {threads} thread(s), CPU time, i.e. assuming "
                  "the cores are not shared with other work")
-    total = makespan([e.seconds for e in estimates], jobs)
-    return Plan(experiment.name, estimates, jobs, threads, total, basis)
+    speed_phase_s = sum(e.speed_s for e in estimates)
+    total = makespan([e.seconds for e in estimates], jobs) + speed_phase_s
+    return Plan(experiment.name, estimates, jobs, threads, total, basis, speed_phase_s)

@@ -19,11 +19,17 @@ from harness.contract import CONFIG_FILE, ROWS_FILE, SUMMARY_COLUMNS, summary_ro
 from harness.errors import UserError
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.run import locks
-from harness.run.cell import CellContext, cell_config_record, read_rows, read_status
+from harness.run.cell import CellContext, cell_config_record, merged_rows, read_status
 
 # Config keys that may change between a run and its resumption without changing its results.
+# The speed phase's stopping rule too: a change re-measures the speed (harness.run.speed_phase
+# records the settings it measured with), never the cell.
 _IGNORED_CONFIG_KEYS = {("train", "progress"), ("train", "num_threads"),
-                        ("train", "log_every_steps"), ("train", "activation_checkpointing")}
+                        ("train", "log_every_steps"), ("train", "activation_checkpointing")} | {
+    ("eval", key) for key in ("sample_spread_tolerance", "sample_window_rounds",
+                              "sample_max_rounds", "sample_max_s")} | {
+    ("sampling_speed", key) for key in ("spread_tolerance", "window_rounds", "max_rounds",
+                                        "max_s")}
 
 
 # --------------------------------------------------------------------------- folders
@@ -88,14 +94,15 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def rebuild_shared_files(root: Path, cells: list[Cell], summary_weights: str) -> list[dict]:
-    """Rewrite metrics.jsonl and summary.csv from the cells' own files (atomic, under flock)."""
+    """Rewrite metrics.jsonl and summary.csv from the cells' own files (atomic, under flock):
+    each done cell's metrics.jsonl with its speed-phase rows (sampling_speed.json)."""
     with locks.guard(root):
         all_rows: list[dict] = []
         summary: list[dict] = []
         for cell in cells:
             directory = cell_dir(root, cell.name)
             status = read_status(directory)
-            rows = read_rows(directory) if status.get("status") == "done" else []
+            rows = merged_rows(directory) if status.get("status") == "done" else []
             all_rows += rows
             summary.append(summary_row(cell.contract_fields(), rows, status, summary_weights))
         atomic.write_text(root / ROWS_FILE,

@@ -8,6 +8,9 @@ results folder of docs/results.md and build the report.
   (or `runner.threads_per_job`), longest cells first.
 * `--launcher slurm` (or `runner.launcher: slurm`) submits the pending cells as one Slurm job array
   through submitit instead (harness.run.launchers.slurm) and, unless `--no-wait`, follows them.
+* Then the speed phase (harness.run.speed_phase): every sampling-speed measurement, after all
+  cells have ended, one at a time with nothing else running (in this process; under Slurm as
+  one job that waits for the array), resumable per cell.
 * Two runners on one results folder never run a cell twice: the process that runs a cell holds
   its lock (`harness.run.locks`); the shared files (`metrics.jsonl`, `summary.csv`) are rebuilt from
   the cells' own files, atomically, under an flock.
@@ -28,9 +31,9 @@ from harness.errors import UserError
 from harness.experiment.load import load_experiment
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.report import build_report
-from harness.run import locks
+from harness.run import locks, speed_phase
 from harness.run.cell import (CellContext, check_checkpoints, load_splits, missing_inputs,
-                              read_status, write_status)
+                              read_speed, read_status, write_status)
 from harness.run.console import quiet, say
 from harness.run.launchers import gpus, local, slurm_follow
 from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
@@ -40,7 +43,9 @@ from harness.run.results_folder import (cell_dir, check_resumable, default_resul
 
 
 def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root: Path | None,
-               statuses: dict[str, str]) -> None:
+               statuses: dict[str, str], speed_pending: list[str] | None = None) -> None:
+    """The plan table; `speed_pending`: the cells whose sampling speed the speed phase will
+    measure (None: every cell with a measurement)."""
     by_name = {e.name: e for e in plan.cells}
     counts: dict[str, int] = {}
     for cell in cells:
@@ -64,11 +69,19 @@ def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root
         if cell.match:
             say(f"  {'':<{width}}  matched: {cell.match['field']}={cell.match['value']} for "
                 f"{cell.match['target_params']:,} parameters")
+    timed = [c.name for c in cells if by_name[c.name].speed_s > 0 or c.kind == "speed"]
+    to_time = timed if speed_pending is None else [n for n in timed if n in speed_pending]
+    if timed:
+        say(f"speed phase: sampling speed of {len(to_time)} cell(s) after every cell has "
+            "finished, one at a time with nothing else running, rounds until they agree (est "
+            f"{fmt_duration(sum(by_name[n].speed_s for n in to_time))})"
+            + (f"; {len(timed) - len(to_time)} already measured" if len(to_time) != len(timed)
+               else ""))
     pending = [by_name[c.name].seconds for c in cells if statuses.get(c.name) != "done"]
-    left = makespan(pending, plan.jobs)
-    say(f"estimated total: {fmt_duration(plan.total_s)} for all cells"
-        + (f", {fmt_duration(left)} for the {len(pending)} not yet done" if len(pending)
-            != len(cells) else "") + f" (from {plan.basis})")
+    left = makespan(pending, plan.jobs) + sum(by_name[n].speed_s for n in to_time)
+    say(f"estimated total: {fmt_duration(plan.total_s)} for all cells and the speed phase"
+        + (f", {fmt_duration(left)} for what is not yet done" if len(pending)
+            != len(cells) or len(to_time) != len(timed) else "") + f" (from {plan.basis})")
     budget = experiment.runner.time_budget_min
     if budget is not None and plan.total_s > budget * 60:
         say(f"warning: the estimate is over this experiment's stated budget of {budget:g} min "
@@ -181,7 +194,9 @@ def run_experiment(path: Path, results_dir: Path | None = None,
                         if len(unavailable) > 1 else first)
     check_checkpoints(runnable)  # a bad weights file: one line, exit 2, before any cell runs
     plan = make_plan(experiment, runnable, jobs, threads, n_train, n_test, dims)
-    print_plan(experiment, plan, runnable, None if dry_run else root, statuses)
+    speed_pending = [c.name for c in runnable if speed_phase.measures_speed(c, context)
+                     and not speed_phase.measured(c, context, root)]
+    print_plan(experiment, plan, runnable, None if dry_run else root, statuses, speed_pending)
     for reason in unavailable.values():
         say(f"skipped: {reason}")
     slots = (_gpu_slots(experiment, jobs) if launcher == "local" and not info.enabled else [])
@@ -210,16 +225,21 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     if launcher == "slurm":
         if info.enabled:
             raise UserError("--launcher slurm submits jobs: run it once, not under torchrun")
-        followed = slurm_follow.run_on_slurm(experiment, pending, context, root, cells, wait)
+        followed = slurm_follow.run_on_slurm(experiment, pending, context, root, cells, wait,
+                                             runnable)
         if followed is None:
             return 0
-        failed, elsewhere = followed
-    elif info.enabled:
-        failed, elsewhere = local.run_cells_distributed(pending, context, root, cells,
-                                                   summary_weights, info)
+        failed, elsewhere, speed_failed = followed
     else:
-        failed, elsewhere = local.run_cells(pending, context, root, jobs, threads, plan, cells,
-                                       summary_weights, slots)
+        if info.enabled:
+            failed, elsewhere = local.run_cells_distributed(pending, context, root, cells,
+                                                            summary_weights, info)
+        else:
+            failed, elsewhere = local.run_cells(pending, context, root, jobs, threads, plan,
+                                                cells, summary_weights, slots)
+        # Every cell has ended: the sampling speeds, alone on the machine (rank 0 only).
+        speed_failed = speed_phase.run_speed_phase(root, runnable, context, threads, cells,
+                                                   summary_weights)
     rebuild_shared_files(root, cells, summary_weights)
     say(f"{experiment.name}: {len(pending) - len(failed) - len(elsewhere)} cell(s) run in "
         f"{fmt_duration(time.perf_counter() - start)}, {skipped} skipped"
@@ -229,7 +249,10 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         + f"; {root}/summary.csv")
     for name in failed:
         say(f"  failed: {name}: {read_status(cell_dir(root, name)).get('error')}")
-    exit_status = 1 if failed else 0
+    for name in speed_failed:
+        say(f"  speed measurement failed: {name}: "
+            f"{read_speed(cell_dir(root, name)).get('error') or 'not measured'}")
+    exit_status = 1 if failed or speed_failed else 0
     if experiment.runner.report:
         exit_status = max(exit_status, _build_report(root, results_dir is not None))
     return exit_status

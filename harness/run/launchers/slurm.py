@@ -14,6 +14,8 @@ submitted through submitit, into the same results folder (a filesystem the nodes
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import time
@@ -29,7 +31,12 @@ from harness.errors import UserError
 from harness.experiment.schema import Cell, SlurmSpec
 from harness.run import locks
 from harness.run.cell import CellContext, read_status, write_status
-from harness.run.launchers.slurm_job import LAUNCH_FILE, CellJob, read_launch
+from harness.run.launchers.slurm_job import (
+    LAUNCH_FILE,
+    CellJob,
+    SpeedPhaseJob,
+    read_launch,
+)
 from harness.run.results_folder import cell_dir
 
 # Slurm states of a job still in the queue or on a node (squeue's long names).
@@ -174,6 +181,70 @@ def submit(cells: list[Cell], context: CellContext, root: Path, spec: SlurmSpec,
     return submitted
 
 
+SPEED_LAUNCH_FILE = "speed_phase_slurm.json"  # RESULTS/: the speed phase's job, at submission
+
+
+def submit_speed_phase(cells: list[Cell], context: CellContext, root: Path, spec: SlurmSpec,
+                       all_cells: list[Cell], summary_weights: str, job_name: str,
+                       after: list[str]) -> Submitted:
+    """Submit the speed phase (harness.run.speed_phase) as one single-task job that starts once
+    every job in `after` has ended (`--dependency=afterany`); record it in the results folder."""
+    root = root.resolve()
+    one_task = dataclasses.replace(spec, gpus_per_cell=min(1, spec.gpus_per_cell),
+                                   array_parallelism=None)
+    executor = _executor(root, one_task, job_name)
+    if after:
+        executor.update_parameters(additional_parameters={
+            **dict(spec.additional), "dependency": "afterany:" + ":".join(after)})
+    job = SpeedPhaseJob(context=context, root=str(root), cells=tuple(cells),
+                        summary_cells=tuple(all_cells), summary_weights=summary_weights)
+    try:
+        handle = executor.submit(job)
+    except submitit.core.utils.FailedJobError as error:
+        raise UserError(f"sbatch refused the speed-phase job: "
+                        f"{str(error).strip().splitlines()[-1]}; check runner.slurm") from None
+    record = Submitted("speed phase", str(handle.job_id), str(handle.paths.stdout),
+                       str(handle.paths.stderr))
+    atomic.write_json(root / SPEED_LAUNCH_FILE, {
+        "launcher": "slurm", "job_id": record.job_id, "stdout": record.stdout,
+        "stderr": record.stderr, "submitted_at": time.time(), "after": list(after)})
+    return record
+
+
+def queued_speed_phase(root: Path) -> Submitted | None:
+    """The speed phase's last submitted job when Slurm still queues or runs it."""
+    try:
+        record = json.loads((Path(root) / SPEED_LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not record.get("job_id"):
+        return None
+    states = job_states([str(record["job_id"])]) or {}
+    if states.get(str(record["job_id"])) not in ACTIVE_STATES:
+        return None
+    return submitted_from_record("speed phase", record)
+
+
+def wait_for_job(job_id: str, poll_s: float) -> str | None:
+    """Poll Slurm until the job has left the queue or its active states; returns its last state
+    seen (None when Slurm never listed it)."""
+    last, silent_polls = None, 0
+    while True:
+        states = job_states([job_id])
+        if states is None:  # squeue did not answer this time
+            silent_polls += 1
+            if silent_polls * poll_s > 600:
+                raise UserError("squeue has not answered for 10 minutes; the speed-phase job "
+                                f"{job_id} goes on: build the report with `harness report` later")
+        else:
+            silent_polls = 0
+            state = states.get(job_id)
+            if state not in ACTIVE_STATES:
+                return state or last
+            last = state
+        time.sleep(poll_s)
+
+
 # --------------------------------------------------------------------------- waiting
 
 
@@ -235,5 +306,6 @@ def submitted_from_record(name: str, record: dict) -> Submitted:
                      str(record.get("stderr", "")))
 
 
-__all__ = ["ACTIVE_STATES", "Submitted", "job_states", "log_tail", "settle", "still_queued",
-           "submit", "submitted_from_record", "wait"]
+__all__ = ["ACTIVE_STATES", "Submitted", "job_states", "log_tail", "queued_speed_phase", "settle",
+           "still_queued", "submit", "submit_speed_phase", "submitted_from_record", "wait",
+           "wait_for_job"]

@@ -27,6 +27,7 @@ from harness.run import locks
 from harness.run.cell import CellContext, read_status, run_cell, write_status
 from harness.run.ranks import run_on_ranks
 from harness.run.results_folder import cell_dir, rebuild_shared_files
+from harness.run.speed_phase import run_speed_phase
 
 LAUNCH_FILE = "slurm.json"  # cells/<cell>/slurm.json: job id and log paths, written at submission
 
@@ -81,6 +82,26 @@ class CellJob(submitit.helpers.Checkpointable):
             return "follower"
         rebuild_shared_files(root, list(self.cells), self.summary_weights)
         return str(status.get("status"))
+
+
+@dataclass
+class SpeedPhaseJob(submitit.helpers.Checkpointable):
+    """The speed phase as one Slurm job (harness.run.speed_phase), submitted to start after the
+    cells' job array has ended: every pending sampling-speed measurement, one at a time, alone
+    on its node's share; a requeue redoes only what is not yet recorded."""
+
+    context: CellContext
+    root: str
+    cells: tuple[Cell, ...]      # the cells to measure (the runnable ones)
+    summary_cells: tuple[Cell, ...]
+    summary_weights: str
+
+    def __call__(self) -> str:
+        threads = max(1, int(os.environ.get("SLURM_CPUS_PER_TASK") or 1))
+        failed = run_speed_phase(Path(self.root), list(self.cells), self.context, threads,
+                                 list(self.summary_cells), self.summary_weights,
+                                 wait_for_others_s=0)  # the array has ended: nothing to wait for
+        return "failed: " + ", ".join(failed) if failed else "done"
 
 
 def record_job(directory: Path) -> None:
