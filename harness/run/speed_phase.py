@@ -136,7 +136,7 @@ def measure(cell: Cell, context: CellContext, directory: Path) -> list[dict]:
 
 def _line(cell: Cell, row: dict) -> str:
     return (f"  {cell.name}: {row['method']} sampling, batch {row['batch_size']}: "
-            f"{row['value']:,.2f} images/s (median of the last of {row['rounds']} round(s), "
+            f"{row['value']:,.2f} images/s (median of the last rounds, {row['rounds']} in all, "
             f"{row['min_images_per_s']:,.2f}-{row['max_images_per_s']:,.2f}, spread "
             f"{100 * row['spread_fraction']:.1f}%" + ("" if row["settled"] else
                                                      ", stopped by the round/time cap") + ")")
