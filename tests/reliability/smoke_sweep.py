@@ -45,7 +45,15 @@ def start(path: Path, results: Path, *args: str, log: Path | None = None) -> sub
     out = open(log, "ab") if log else subprocess.PIPE  # noqa: SIM115 - closed by the caller's GC
     return subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--results",
                              str(results), *args], cwd=path.parent, env=env, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """A runner started from a background job (`pytest ... &`, nohup) inherits SIGINT ignored, as
+    POSIX shells set it, and Python then installs no KeyboardInterrupt handler: the tests send
+    Ctrl-C's signal to a runner that must hear it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
