@@ -28,23 +28,23 @@ from pathlib import Path
 
 import pytest
 
+from models.pixelcnn import channels_for_param_budget
+from models.vdvae import PRESETS, VDVAEConfig, parameter_count
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_COMMIT = "d5787ec"  # main when issue 14's speed work began (2026-12-02)
 STEP_SCRIPT = Path(__file__).with_name("step_timing.py")
 TRAINING_TARGET, EVAL_TARGET = 2.0, 3.0
 
-# The main job's models (experiments/depth_sweep.yaml): preset fmnist_400k and the Gated
-# PixelCNN the `match` solved to 402,448 parameters (49 feature maps).
-FMNIST_400K = {"width": 64, "zdim": 16, "num_mixtures": 5, "image_size": 28,
-               "image_channels": 1, "enc_blocks": "28x1,28d2,14x1,14d2,7x1,7d7,1x2",
-               "dec_blocks": "1x2,7m1,7x3,14m7,14x3,28m14,28x3",
-               "input_shift": -72.94, "input_scale": 1.0 / 90.0}
-MATCHED_PIXELCNN = {"image_size": 28, "image_channels": 1, "n_layers": 8, "kernel_size": 3,
-                    "first_kernel_size": 7, "channels": 49}
-TINY = {"vdvae": {**FMNIST_400K, "width": 16, "zdim": 4, "num_mixtures": 2,
-                  "dec_blocks": "1x1,7m1,7x1,14m7,28m14"},
-        "pixelcnn": {**MATCHED_PIXELCNN, "n_layers": 2, "channels": 6}}
-FULL = {"vdvae": FMNIST_400K, "pixelcnn": MATCHED_PIXELCNN}
+# The main job's models (experiments/depth_sweep.yaml): preset fmnist_400k and the Gated PixelCNN
+# its `match` solves for (49 feature maps, 402,448 parameters); tiny ones for the untimed suite.
+PIXELCNN_FIELDS = {"image_size": 28, "image_channels": 1, "n_layers": 8, "kernel_size": 3,
+                   "first_kernel_size": 7}
+FULL = {"vdvae": PRESETS["fmnist_400k"],
+        "pixelcnn": {**PIXELCNN_FIELDS, "channels": channels_for_param_budget(
+            parameter_count(VDVAEConfig(**PRESETS["fmnist_400k"])), **PIXELCNN_FIELDS)}}
+TINY = {"vdvae": PRESETS["fmnist_tiny"],
+        "pixelcnn": {**PIXELCNN_FIELDS, "n_layers": 2, "channels": 6}}
 
 
 @pytest.fixture(scope="module")
