@@ -95,3 +95,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             if line:
                 rows.append(json.loads(line))
     return rows
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object file's contents; {} when it is missing, unreadable, not JSON or not an
+    object (the status and record files of a results folder, read without trusting them)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -65,12 +65,7 @@ class CellContext:
 def read_status(cell_dir: Path) -> dict:
     """The cell's status.json; a "done" whose result rows no longer match the sha256 recorded
     with it (a file cut short or edited) reads as "damaged", so the cell is redone."""
-    try:
-        value = json.loads((Path(cell_dir) / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(value, dict):
-        return {}
+    value = atomic.read_json_object(Path(cell_dir) / STATUS_FILE)
     expected = value.get("rows_sha256")
     if value.get("status") == "done" and expected is not None:
         try:
@@ -101,11 +96,7 @@ def read_rows(cell_dir: Path) -> list[dict]:
 
 def read_speed(cell_dir: Path) -> dict:
     """The cell's speed-phase record (sampling_speed.json); {} when absent or unreadable."""
-    try:
-        value = json.loads((Path(cell_dir) / SPEED_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return atomic.read_json_object(Path(cell_dir) / SPEED_FILE)
 
 
 def merged_rows(cell_dir: Path) -> list[dict]:

@@ -15,7 +15,6 @@ submitted through submitit, into the same results folder (a filesystem the nodes
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import time
@@ -213,11 +212,8 @@ def submit_speed_phase(cells: list[Cell], context: CellContext, root: Path, spec
 
 def queued_speed_phase(root: Path) -> Submitted | None:
     """The speed phase's last submitted job when Slurm still queues or runs it."""
-    try:
-        record = json.loads((Path(root) / SPEED_LAUNCH_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not record.get("job_id"):
+    record = atomic.read_json_object(Path(root) / SPEED_LAUNCH_FILE)
+    if not record.get("job_id"):
         return None
     states = job_states([str(record["job_id"])]) or {}
     if states.get(str(record["job_id"])) not in ACTIVE_STATES:

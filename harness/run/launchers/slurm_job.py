@@ -13,7 +13,6 @@ others, evaluates and writes every file; the other ranks train and wait.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import submitit
 import torch
 
+from harness import atomic
 from harness.engine import distributed
 from harness.experiment.schema import Cell
 from harness.run import locks
@@ -113,8 +113,4 @@ def record_job(directory: Path) -> None:
 
 
 def read_launch(directory: Path) -> dict:
-    try:
-        value = json.loads((Path(directory) / LAUNCH_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return atomic.read_json_object(Path(directory) / LAUNCH_FILE)
