@@ -22,8 +22,8 @@ over EVERY test image (the last partial batch included; the reference's `drop_la
 and once per call: `params`, `flops_per_image` and a sample grid `samples.png`. Sampling
 speed (`sample_images_per_s` for each of the family's declared samplers, an autoregressive
 family's only as `sample_methods` lists them) is not timed here but by `sampling_speed_rows`,
-which the runner calls in its speed phase after every cell has finished. What a family can do comes from its `models.registry.Family`, never from
-inspecting the model.
+which the runner calls in its speed phase after every cell has finished. What a family can do
+comes from its `models.registry.Family`, never from inspecting the model.
 
 Common random numbers: the posterior noise of the batch starting at image i is seeded from
 (noise_seed, i), so models evaluated with the same noise seed and batch size see the same noise

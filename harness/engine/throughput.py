@@ -3,9 +3,8 @@
 The VDVAE paper's sampling claim (one decoder pass per sample versus one network evaluation per
 sub-pixel for an autoregressive model; ../shared/spec/vdvae.md "Sampling-speed claim") is
 checked here with wall-clock numbers, measured side by side on the same device: warm-up calls
-first, device synchronisation around every timed call, the median of several repeats; the
-runner's figures (`sampling_speed`) time rounds until the last few agree within a tolerance and
-report their spread.
+first, device synchronisation around every timed round, rounds until the last few agree within a
+tolerance (`sampling_speed`), reported with their spread.
 """
 
 from __future__ import annotations
@@ -83,25 +82,6 @@ def training_memory_bytes(model: nn.Module, images: torch.Tensor) -> int:
     AdamW moments and the EMA copy (5 × float32 parameters) plus the saved activations."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return 5 * weights + saved_activation_bytes(model, images)
-
-
-def sampling_images_per_s(model: nn.Module, batch_size: int, repeats: int = 3, warmup: int = 1,
-                          **sample_kwargs) -> float:
-    """Median images/s of `model.sample(batch_size, **sample_kwargs)` over `repeats` timed calls
-    after `warmup` untimed ones."""
-    assert batch_size >= 1 and repeats >= 1 and warmup >= 0, (batch_size, repeats, warmup)
-    device = model_device(model)
-    rates = []
-    with torch.inference_mode():
-        for index in range(warmup + repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            model.sample(batch_size, **sample_kwargs)
-            synchronize(device)
-            elapsed = time.perf_counter() - start
-            if index >= warmup:
-                rates.append(batch_size / max(elapsed, 1e-9))
-    return float(statistics.median(rates))
 
 
 @dataclass(frozen=True)
