@@ -7,6 +7,7 @@ file, never a partial one, even after SIGKILL or power loss.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -56,6 +57,39 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     _fsync_dir(path.parent)
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name an `atomic_open` temporary (`.{target}.{random}.tmp`) was being written
+    for, or None when `name` is not one."""
+    if not (name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)):
+        return None
+    target, _, random_part = name[1:-len(TEMPORARY_SUFFIX)].rpartition(".")
+    return target if target and random_part else None
+
+
+def remove_temporaries(directory: str | os.PathLike, recursive: bool = False,
+                       targets: frozenset[str] | None = None,
+                       keep: frozenset[str] = frozenset()) -> list[Path]:
+    """Delete the temporaries that writers killed mid-write (SIGKILL, power loss) left in
+    `directory` (and below it, `recursive`); returns what was removed. Only call this when no
+    live process can be writing them: the caller holds the lock of whatever writes there.
+    `targets`: only temporaries of these file names; `keep`: never those of these names."""
+    directory = Path(directory)
+    candidates = directory.rglob(f".*{TEMPORARY_SUFFIX}") if recursive else \
+        directory.glob(f".*{TEMPORARY_SUFFIX}")
+    removed = []
+    for path in candidates:
+        target = temporary_target(path.name)
+        if target is None or target in keep or (targets is not None and target not in targets):
+            continue
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path) as handle:
         handle.write(data)
@@ -73,27 +107,50 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one JSON row and flush it to disk.
 
     A single `write` of one line under O_APPEND is atomic with respect to other appenders on
-    local filesystems; a torn last line after a crash is skipped by `read_jsonl`.
+    local filesystems; a torn last line after a crash is skipped by `read_jsonl`. A short write
+    (a full disk takes what fits, then fails) is finished or undone: on an error part-way the
+    file is cut back to where the line began, so a torn line can never sit in front of the next
+    row, and the error names the file; a line torn by a crash is ended before the new row.
     """
-    line = json.dumps(row, sort_keys=True, default=str) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode("utf-8"))
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a crash tore the last line: leave it alone on its line
+        written = os.write(fd, data)
+        if written < len(data):
+            start = os.fstat(fd).st_size - written  # where this line began
+            try:
+                while written < len(data):
+                    count = os.write(fd, data[written:])
+                    if count <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    written += count
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    if os.fstat(fd).st_size == start + written:  # nobody appended after us
+                        os.ftruncate(fd, start)
+                raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All complete rows of a JSONL file; a torn final line (crash mid-write) is ignored."""
+    """All complete rows of a JSONL file. A torn line (a crash mid-append) is skipped: at the
+    end, or alone on its line once a resumed run has appended after it (`append_jsonl`)."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             if not line.endswith("\n"):
                 break
             line = line.strip()
             if line:
-                rows.append(json.loads(line))
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
     return rows
 
 

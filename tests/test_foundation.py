@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -76,3 +77,50 @@ def test_read_jsonl_skips_torn_last_line(tmp_path):
     with open(path, "a") as handle:
         handle.write('{"step": 3')  # a crash mid-append
     assert atomic.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
+def test_append_after_a_torn_line_keeps_both_rows(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    atomic.append_jsonl(path, {"step": 1})
+    with open(path, "a") as handle:
+        handle.write('{"step": 2, "lo')  # a crash mid-append
+    atomic.append_jsonl(path, {"step": 3})  # the resumed run
+    assert atomic.read_jsonl(path) == [{"step": 1}, {"step": 3}]
+    assert path.read_text().splitlines()[1] == '{"step": 2, "lo'
+
+
+def _short_writes(monkeypatch, counts):
+    """os.write that writes only the next of `counts` bytes per call; an exception in `counts`
+    is raised instead (a disk that fills up mid-line)."""
+    real_write = os.write
+    counts = list(counts)
+
+    def write(fd, data):
+        step = counts.pop(0) if counts else len(data)
+        if isinstance(step, BaseException):
+            raise step
+        return real_write(fd, data[:step])
+
+    monkeypatch.setattr(atomic.os, "write", write)
+
+
+def test_a_short_append_is_finished(tmp_path, monkeypatch):
+    path = tmp_path / "rows.jsonl"
+    atomic.append_jsonl(path, {"step": 1})
+    _short_writes(monkeypatch, [3, 4])
+    atomic.append_jsonl(path, {"step": 2, "loss": 1.5})
+    assert atomic.read_jsonl(path) == [{"step": 1}, {"step": 2, "loss": 1.5}]
+
+
+def test_a_disk_full_append_is_undone_and_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "rows.jsonl"
+    atomic.append_jsonl(path, {"step": 1})
+    before = path.read_bytes()
+    _short_writes(monkeypatch, [5, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))])
+    with pytest.raises(OSError) as caught:
+        atomic.append_jsonl(path, {"step": 2})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert path.read_bytes() == before  # no torn half-row left in front of the next one
+    monkeypatch.undo()
+    atomic.append_jsonl(path, {"step": 3})
+    assert atomic.read_jsonl(path) == [{"step": 1}, {"step": 3}]
