@@ -18,6 +18,9 @@ CONFIG_FILE = "config.json"
 # cells/<cell>/sampling_speed.json: the speed phase's record of the cell ({"status", "error",
 # "settings", "rows", "wall_s"}), written after every cell of the run has finished.
 SPEED_FILE = "sampling_speed.json"
+# cells/<cell>/slurm.json: job id and log paths, written by the submitting runner (which does not
+# hold the cell's lock) when the cell goes to Slurm.
+LAUNCH_FILE = "slurm.json"
 Z95 = 1.96  # normal 95% interval: mean ± Z95 · sd / √N
 
 SUMMARY_COLUMNS: tuple[str, ...] = (

@@ -22,6 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import atomic
+from harness.contract import LAUNCH_FILE
+
 LOCK_NAME = "lock"
 EXIT_LOCKED = 3  # exit status of a worker process that found its cell claimed by another runner
 
@@ -174,12 +177,23 @@ class CellLock:
         self.acquired = False
         self.reclaimed_from: dict | None = None
         self.held_by: dict | None = None
+        self.removed_temporaries: list[Path] = []
 
     def acquire(self) -> bool:
+        """Claim the lock (or take over a stale one); on success the half-written temporaries
+        of earlier holders in the cell's folder are deleted (`removed_temporaries`): only the
+        holder writes there, except the submitting runner's LAUNCH_FILE."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if _create(self.path):
             self.acquired = True
-            return True
+        else:
+            self._acquire_from_holder()
+        if self.acquired:
+            self.removed_temporaries = atomic.remove_temporaries(
+                self.path.parent, recursive=True, keep=frozenset({LAUNCH_FILE}))
+        return self.acquired
+
+    def _acquire_from_holder(self) -> None:
         with guard(self.root):
             holder = read_lock(self.path)
             if holder is None:  # released between our attempt and now
@@ -191,7 +205,6 @@ class CellLock:
                 self.acquired = _replace(self.path)
             else:
                 self.held_by = holder
-        return self.acquired
 
     def release(self) -> None:
         if self.acquired:

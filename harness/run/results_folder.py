@@ -93,10 +93,16 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+# The results folder's own files, written (atomically) only under `locks.guard(root)`.
+SHARED_FILES = frozenset({ROWS_FILE, "summary.csv", "plan.json", "experiment.yaml"})
+
+
 def rebuild_shared_files(root: Path, cells: list[Cell], summary_weights: str) -> list[dict]:
     """Rewrite metrics.jsonl and summary.csv from the cells' own files (atomic, under flock):
     each done cell's metrics.jsonl with its speed-phase rows (sampling_speed.json)."""
     with locks.guard(root):
+        # Written only under this guard: a temporary of these is a killed rebuild's.
+        atomic.remove_temporaries(root, targets=SHARED_FILES)
         all_rows: list[dict] = []
         summary: list[dict] = []
         for cell in cells:
@@ -108,5 +114,5 @@ def rebuild_shared_files(root: Path, cells: list[Cell], summary_weights: str) ->
         atomic.write_text(root / ROWS_FILE,
                           "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
                                   for r in all_rows))
-        atomic.write_text(root / "summary.csv", _csv_text(summary))
+        atomic.write_text(root / "summary.csv", _csv_text(summary))  # one of SHARED_FILES
     return summary

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import atomic
+from harness.run.results_folder import SHARED_FILES
+
 from .smoke_sweep import CELLS, deterministic_view, kill_group, start, write_sweep
 
 KILLS = int(os.environ.get("HARNESS_RELIABILITY_KILLS", "24"))  # ≥ 20 in CI
@@ -126,6 +129,10 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(tmp_path,
             assert now[name] == content, f"{name} was run again after it had finished"
         leftovers = [p for p in results.rglob("*") if p.name.endswith(".tmp")]
         assert not [p for p in leftovers if not p.name.startswith(".")], leftovers
+        # A killed writer's temporaries: the cell's next lock holder and the next rebuild of
+        # the shared files delete theirs (only the report's may stay until it is rebuilt).
+        assert not [p for p in leftovers if "cells" in p.relative_to(results).parts
+                    or atomic.temporary_target(p.name) in SHARED_FILES], leftovers
         chains += 1
         frozen, killed_when_done = {}, False
         results = tmp_path / f"chain{chains}" if kills < KILLS else tmp_path / "done"

@@ -57,6 +57,9 @@ def _run_locked(cell, context: CellContext, root: Path, announce=None) -> dict |
         if lock.reclaimed_from:
             say(f"  {cell.name}: reclaimed the lock of a dead runner "
                 f"(pid {lock.reclaimed_from.get('pid')}); resuming")
+        if lock.removed_temporaries:
+            say(f"  {cell.name}: removed {len(lock.removed_temporaries)} half-written "
+                "temporary file(s) of a killed run")
         return run_cell(cell, context, cell_dir(root, cell.name))
     finally:
         lock.release()

@@ -22,6 +22,7 @@ import torch
 
 from harness import atomic
 from harness.engine import distributed
+from harness.contract import LAUNCH_FILE
 from harness.experiment.schema import Cell
 from harness.run import locks
 from harness.run.cell import CellContext, read_status, run_cell, write_status
@@ -29,7 +30,6 @@ from harness.run.ranks import run_on_ranks
 from harness.run.results_folder import cell_dir, rebuild_shared_files
 from harness.run.speed_phase import run_speed_phase
 
-LAUNCH_FILE = "slurm.json"  # cells/<cell>/slurm.json: job id and log paths, written at submission
 
 # What a job returns (submitit pickles it; the runner reads status.json, not this).
 HELD_ELSEWHERE = "held elsewhere"
