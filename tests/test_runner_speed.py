@@ -3,14 +3,16 @@ at a time, resumable, with its spread in the rows (harness.run.speed_phase)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 
 from test_runner import data_dir, write_experiment  # noqa: F401 - data_dir is a fixture
 
 from harness.atomic import read_jsonl
 from harness.contract import SPEED_FILE
-from harness.run import speed_phase
+from harness.run import speed_phase, status
 from harness.run.runner import run_experiment
 
 MODEL_CELLS = ("vdvae_g01_s0", "vdvae_g05_s0")
@@ -34,17 +36,30 @@ def test_speed_rows_come_from_a_phase_after_every_cell(tmp_path, data_dir, monke
         statuses = {p.parent.name: json.loads(p.read_text())["status"]
                     for p in (results / "cells").glob("*/status.json")}
         locked = sorted(p.parent.name for p in (results / "cells").glob("*/lock"))
-        seen.append((cell.name, statuses, locked))
+        speeds = {r["cell"]: r["speed"] for r in status.cell_states(results)}
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert status.print_status(results) == 1  # not complete while timings are left
+        seen.append((cell.name, statuses, locked, speeds))
         return measure(cell, context, directory)
 
     monkeypatch.setattr(speed_phase, "measure", watched)
     assert run_experiment(path, results_dir=results) == 0
     out = capsys.readouterr().out
     assert "speed phase: sampling speed of 2 cell(s) after every cell has finished" in out
-    assert sorted(name for name, _, _ in seen) == sorted(MODEL_CELLS)  # codecs do not sample
-    for name, statuses, locked in seen:
+    assert sorted(name for name, *_ in seen) == sorted(MODEL_CELLS)  # codecs do not sample
+    for index, (name, statuses, locked, speeds) in enumerate(seen):
         assert statuses == dict.fromkeys(list(MODEL_CELLS) + ["codec_png"], "done")
         assert locked == [name]
+        # `harness status` meanwhile: this one timing, the earlier timed, the rest queued.
+        earlier = {n for n, *_ in seen[:index]}
+        assert speeds == {"codec_png": "-", name: "timing",
+                          **{n: "timed" if n in earlier else "queued"
+                             for n in MODEL_CELLS if n != name}}
+    assert status.print_status(results) == 0
+    table = capsys.readouterr().out
+    assert "speed phase: 2 of 2 timed" in table
+    assert {line.split()[0]: line.split()[2] for line in table.splitlines()[1:-1]} == \
+        {"codec_png": "-", **dict.fromkeys(MODEL_CELLS, "timed")}
     # The phase's lines come after every cell's own line.
     lines = out.splitlines()
     last_cell = max(i for i, line in enumerate(lines) if line.startswith("[3/3]"))
