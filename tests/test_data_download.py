@@ -15,6 +15,7 @@ import pytest
 from data_fixtures import (cifar_archive_bytes, cifar_batches, data_root,  # noqa: F401
                            decode_index, write_idx_dataset)
 
+from harness.cli import main
 from harness.data import cifar, idx, load_dataset
 from harness.errors import UserError
 
@@ -159,3 +160,42 @@ def test_gunzip_hasher_matches_across_chunk_boundaries():
     for start in range(0, len(blob), 777):
         hasher.update(blob[start:start + 777])
     assert hasher.hexdigest() == hashlib.sha256(payload + b"second member").hexdigest()
+
+
+class _Counting(_Quiet):
+    requests: list[str] = []
+
+    def do_GET(self):
+        _Counting.requests.append(self.path)
+        super().do_GET()
+
+
+def test_a_dry_run_never_downloads(data_root, tmp_path, monkeypatch, capsys):
+    served = tmp_path / "served"
+    served.mkdir()
+    _serve_fashion(served, monkeypatch)
+    counting, url = _serve(_Counting, served)
+    _Counting.requests = []
+    monkeypatch.setenv("HARNESS_DOWNLOAD", "1")
+    experiment = tmp_path / "plan_only.yaml"
+    experiment.write_text(f"""\
+name: plan_only
+data: {{dataset: fashion_mnist, options: {{validation_size: 10, download_url: "{url}"}}}}
+models:
+  vdvae: {{family: vdvae, preset: fmnist_tiny}}
+train: {{batch_size: 4, max_steps: 2}}
+runner: {{jobs: 1, estimate: flops, flops_per_s: 1.0e+10, report: false}}
+""")
+    try:
+        assert main(["run", str(experiment), "--dry-run", "--results",
+                     str(tmp_path / "r")]) == 0
+        out = capsys.readouterr().out
+        assert _Counting.requests == [] and _leftovers(data_root / "fashion_mnist") == []
+        assert "data: dataset 'fashion_mnist': image files not found" in out
+        assert "a real run downloads what it can first" in out and "vdvae" in out
+        # Outside the dry run the same loader fetches the files from the same server.
+        assert len(load_dataset("fashion_mnist", validation_size=10, download_url=url).train) \
+            == 50 and _Counting.requests
+    finally:
+        counting.shutdown()
+        counting.server_close()

@@ -8,12 +8,14 @@ loader's `download_url` option or `$HARNESS_<DATASET>_URL` (tests point it at a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +39,24 @@ class _ChecksumMismatch(Exception):
     pass
 
 
+_SUSPENDED = [0]  # depth of `no_downloads()` blocks in this process
+
+
 def downloads_enabled() -> bool:
+    if _SUSPENDED[0]:
+        return False
     return os.environ.get("HARNESS_DOWNLOAD", "1").strip().lower() not in ("0", "false", "no")
+
+
+@contextlib.contextmanager
+def no_downloads() -> Iterator[None]:
+    """Inside: loaders use only the files already here (`harness run --dry-run` plans from what
+    is on disk and never starts a download)."""
+    _SUSPENDED[0] += 1
+    try:
+        yield
+    finally:
+        _SUSPENDED[0] -= 1
 
 
 def base_url(dataset: str, option: str | None, default: str) -> str:

@@ -18,6 +18,7 @@ results folder of docs/results.md and build the report.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 import yaml
 
 from harness import atomic
+from harness.data.download import no_downloads
 from harness.engine import distributed
 from harness.errors import UserError
 from harness.experiment.load import load_experiment
@@ -172,19 +174,23 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         cell_dir(root, cell.name)  # every name stays inside the results folder
     statuses = {c.name: read_status(cell_dir(root, c.name)).get("status", "pending")
                 for c in cells}
-    try:
-        n_train, n_test, dims = _data_sizes(experiment)
-    except UserError as error:
-        if not dry_run:
-            raise
-        say(f"note: {error}; the plan assumes nothing about the data's size")
-        n_train = n_test = dims = None
+    # A dry run plans from the files already here: it never starts a dataset download.
+    with no_downloads() if dry_run else contextlib.nullcontext():
+        try:
+            n_train, n_test, dims = _data_sizes(experiment)
+        except UserError as error:
+            if not dry_run:
+                raise
+            say(f"note: {error}; a real run downloads what it can first; the plan assumes "
+                "nothing about the data's size")
+            n_train = n_test = dims = None
     if info.enabled and not info.is_main:
         local.run_cells_distributed([], context, root, cells,
                                     experiment.runner.summary_weights, info)
         return 0
     # A cell whose checkpoint file or own dataset is missing is skipped, with where to get it.
-    unavailable = missing_inputs(cells, experiment.data)
+    with no_downloads() if dry_run else contextlib.nullcontext():
+        unavailable = missing_inputs(cells, experiment.data)
     runnable = [c for c in cells if c.name not in unavailable]
     if not runnable:
         for reason in list(unavailable.values())[1:]:
