@@ -139,19 +139,48 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All complete rows of a JSONL file. A torn line (a crash mid-append) is skipped: at the
-    end, or alone on its line once a resumed run has appended after it (`append_jsonl`)."""
+    end, or alone on its line once a resumed run has appended after it (`append_jsonl`). Any
+    other line that is not JSON (an edit gone wrong) raises ValueError naming the file and line.
+    """
     rows = []
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             if not line.endswith("\n"):
                 break
             line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    continue
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as error:
+                if not _torn(line):
+                    raise ValueError(f"{os.fspath(path)} line {number}: {error}") from error
     return rows
+
+
+def _torn(line: str) -> bool:
+    """Whether `line` is the start of a JSON object cut short: our rows are objects, and a
+    strict prefix of one still has a bracket open at its end (outside strings)."""
+    if not line.startswith("{"):
+        return False
+    depth, in_string, escaped = 0, False, False
+    for char in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return False  # the object closed: what fails to parse is not a cut
+    return True
 
 
 def read_json_object(path: str | os.PathLike) -> dict:

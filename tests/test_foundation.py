@@ -89,6 +89,21 @@ def test_append_after_a_torn_line_keeps_both_rows(tmp_path):
     assert path.read_text().splitlines()[1] == '{"step": 2, "lo'
 
 
+def test_every_cut_of_a_row_is_skipped_and_other_bad_lines_raise(tmp_path):
+    """A crash can cut a row after any character: each such cut is skipped wherever it sits;
+    a line that is not a cut row (a bad edit) is an error naming the file and line."""
+    path = tmp_path / "rows.jsonl"
+    row = {"metric": 'a "quoted" {brace} [x]\\', "value": [1.5, {"n": -2e-3}], "ok": True}
+    text = json.dumps(row, sort_keys=True)
+    for cut in range(1, len(text)):
+        path.write_text('{"step": 1}\n' + text[:cut] + '\n{"step": 2}\n')
+        assert atomic.read_jsonl(path) == [{"step": 1}, {"step": 2}], text[:cut]
+    for bad in ("{not json}", '{"a": 1}}', "garbage", '{"a": 1} {"b"'):
+        path.write_text('{"step": 1}\n' + bad + "\n")
+        with pytest.raises(ValueError, match=f"{path} line 2"):
+            atomic.read_jsonl(path)
+
+
 def _short_writes(monkeypatch, counts):
     """os.write that writes only the next of `counts` bytes per call; an exception in `counts`
     is raised instead (a disk that fills up mid-line)."""
