@@ -61,28 +61,50 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert state["world_size"] == 2 and len(state["rng_per_rank"]) == 2
 
 
-def test_two_gloo_processes_evaluate_every_image_as_one_process(tmp_path):
-    """Sharded evaluation: each rank takes every other batch, and the gathered per-image values
-    (and so every figure) equal one process's exactly."""
+def _evaluate_in_one_and_two_processes(tmp_path, *worker_args: str) -> tuple[dict, dict]:
+    """Run tests/eval_worker.py in one process and under torchrun with 2 gloo ranks; returns
+    (one, two): each {"per_image": array, "world_size": int, "rows": list}."""
     import json
 
     worker = Path(__file__).resolve().parent / "eval_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    subprocess.run([sys.executable, str(worker), str(tmp_path / "one")], env=env, check=True,
-                   timeout=300)
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "one"), *worker_args], env=env,
+                   check=True, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node", "2", str(worker), str(tmp_path / "two")],
+                    "--nproc_per_node", "2", str(worker), str(tmp_path / "two"), *worker_args],
                    env=env, check=True, timeout=300)
-    one = np.load(tmp_path / "one" / "per_image_test_bits_per_dim_raw.npy")
-    two = np.load(tmp_path / "two" / "per_image_test_bits_per_dim_raw.npy")
-    assert one.shape == (23,) and np.array_equal(one, two)
-    one_run = json.loads((tmp_path / "one" / "rows.json").read_text())
-    two_run = json.loads((tmp_path / "two" / "rows.json").read_text())
-    assert (one_run["world_size"], two_run["world_size"]) == (1, 2)
-    rows_one, rows_two = one_run["rows"], two_run["rows"]
-    figures = ("test_bits_per_dim", "test_bits_per_dim_ci95", "kl_bits_per_dim",
-               "distortion_bits_per_dim", "active_units", "iw_bits_per_dim")
-    assert [(r["metric"], r["value"]) for r in rows_one if r["metric"] in figures] == \
-        [(r["metric"], r["value"]) for r in rows_two if r["metric"] in figures]
+    runs = []
+    for name in ("one", "two"):
+        run_record = json.loads((tmp_path / name / "rows.json").read_text())
+        run_record["per_image"] = np.load(tmp_path / name / "per_image_test_bits_per_dim_raw.npy")
+        runs.append(run_record)
+    return runs[0], runs[1]
+
+
+FIGURES = ("test_bits_per_dim", "test_bits_per_dim_ci95", "kl_bits_per_dim",
+           "distortion_bits_per_dim", "active_units", "iw_bits_per_dim")
+
+
+def _figures(rows: list[dict]) -> list[tuple]:
+    return [(r["metric"], r.get("layer"), r["value"]) for r in rows if r["metric"] in FIGURES]
+
+
+def test_two_gloo_processes_evaluate_every_image_as_one_process(tmp_path):
+    """Sharded evaluation: each rank takes every other batch, and the gathered per-image values
+    (and so every figure) equal one process's exactly."""
+    one, two = _evaluate_in_one_and_two_processes(tmp_path)
+    assert one["per_image"].shape == (23,) and np.array_equal(one["per_image"], two["per_image"])
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert any(value > 0 for metric, _, value in _figures(one["rows"]) if metric == "active_units")
+    assert _figures(one["rows"]) == _figures(two["rows"])
+
+
+@pytest.mark.slow
+def test_active_units_when_one_rank_holds_none_of_their_images(tmp_path):
+    """Active units on the first 4 images: all in rank 0's first batch, so rank 1 adds zeros of
+    the shapes rank 0 found, and the counts equal one process's."""
+    one, two = _evaluate_in_one_and_two_processes(tmp_path, "4")
+    assert any(value > 0 for metric, _, value in _figures(one["rows"]) if metric == "active_units")
+    assert _figures(one["rows"]) == _figures(two["rows"])
