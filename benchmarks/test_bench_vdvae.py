@@ -11,11 +11,10 @@ reference_images_per_s (from the median round), `speedup_vs_reference`, forward 
 (torch.utils.flop_counter, counted on the meta device so it costs no compute), and the achieved
 training GFLOP/s taking backward as twice the forward.
 
-The same run also times a 4096² float32 matmul with the same threads: the machine's dense float32
-ceiling under the same load (like nanoGPT's `estimate_mfu`, against a measured peak instead of a
-datasheet one). `ceiling_images_per_s` is the rate a step would reach if every FLOP ran at that
-speed, an upper bound no float32 implementation of this architecture can pass on this machine;
-`fraction_of_sgemm_peak` is how close we are.
+The same run also times a 4096² float32 matmul with the same threads (benchmarks/ceiling.py): the
+machine's dense float32 ceiling under the same load. `ceiling_images_per_s` is the rate a step
+would reach if every FLOP ran at that speed, an upper bound no float32 implementation of this
+architecture can pass on this machine; `fraction_of_sgemm_peak` is how close we are.
 """
 
 from __future__ import annotations
@@ -25,10 +24,10 @@ import time
 
 import pytest
 import torch
-from reference_graph import reference_loss_nats_per_dim  # benchmarks/, beside this file
+from ceiling import forward_flops_per_image, sgemm_gflops_per_s  # benchmarks/, beside this file
+from reference_graph import reference_loss_nats_per_dim
 from test_bench_speed import target_line
 
-from harness.engine import throughput
 from models.vdvae import PRESETS, VDVAE, VDVAEConfig
 
 BATCH = 8
@@ -42,26 +41,6 @@ def two_threads():
     torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
-
-
-def sgemm_gflops_per_s(size: int = 4096, repeats: int = 5) -> float:
-    """Best of `repeats` float32 matmuls of two size×size matrices, in GFLOP/s (2·size³ each)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up: thread pool and MKL buffers
-    best_s = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best_s = min(best_s, time.perf_counter() - start)
-    return 2 * size ** 3 / best_s / 1e9
-
-
-def forward_flops_per_image(config: VDVAEConfig) -> float:
-    """Counted on the meta device: shapes only, no compute."""
-    with torch.device("meta"):
-        model = VDVAE(config)
-        images = torch.zeros(1, *model.image_shape, dtype=torch.uint8)
-    return throughput.flops_per_image(model, images)
 
 
 def test_reference_graph_computes_our_elbo():
@@ -123,10 +102,10 @@ def test_bench_vdvae_cifar10_train_step(benchmark, two_threads):
     benchmark.pedantic(alternate, rounds=1, iterations=1)
     assert first_loss["ours"] == pytest.approx(first_loss["reference"], rel=1e-5), first_loss
     step_s = {name: statistics.median(times[1:]) for name, times in wall_s.items()}
-    flops = forward_flops_per_image(config)
+    flops = forward_flops_per_image("vdvae", config)
     train_gflops_per_s = 3 * flops * BATCH / step_s["ours"] / 1e9
     # ~5 s of matmuls; only worth it when the figures are shown (timed mode)
-    peak_gflops_per_s = sgemm_gflops_per_s() if timed else float("nan")
+    peak_gflops_per_s = sgemm_gflops_per_s(THREADS) if timed else float("nan")
     speedup = step_s["reference"] / step_s["ours"]
     benchmark.extra_info.update({
         "preset": preset, "batch": BATCH, "threads": THREADS, "dtype": "float32",
