@@ -154,7 +154,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 rows.append(json.loads(line))
             except ValueError as error:
                 if not _torn(line):
-                    raise ValueError(f"{os.fspath(path)} line {number}: {error}") from error
+                    raise ValueError(f"{os.fspath(path)} has a corrupt row at line {number} "
+                                     f"({error})") from error
     return rows
 
 

@@ -124,3 +124,30 @@ def test_resuming_into_a_different_model_is_a_user_error(tmp_path):
     train(TinyConvModel(TinyConfig(width=8)), realish_images(8), config, tmp_path)
     with pytest.raises(UserError, match="does not fit this model"):
         train(TinyConvModel(TinyConfig(width=4)), realish_images(8), config, tmp_path)
+
+
+def test_a_corrupt_training_log_on_resume_is_a_user_error_naming_file_and_line(tmp_path):
+    """A crash-cut last row is dropped on resume; a line edited into non-JSON stops the resume
+    with the file and line, and the log is left as it was."""
+    from tiny_models import TinyConfig, TinyConvModel, realish_images
+
+    from harness.engine.config import TrainConfig
+    from harness.engine.train import train
+    from harness.errors import UserError
+
+    def config(steps):
+        return TrainConfig(batch_size=4, max_steps=steps, device="cpu", progress="off",
+                           log_every_steps=1, checkpoint_every_steps=1)
+
+    train(TinyConvModel(TinyConfig(width=4)), realish_images(8), config(2), tmp_path)
+    log = tmp_path / "train_log.jsonl"
+    with open(log, "a") as handle:
+        handle.write('{"step": 3, "lo')  # a crash mid-append
+    train(TinyConvModel(TinyConfig(width=4)), realish_images(8), config(3), tmp_path)
+    assert [row["step"] for row in atomic.read_jsonl(log)] == [1, 2, 3]
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "{not json}", *lines[1:]]) + "\n")
+    before = log.read_bytes()
+    with pytest.raises(UserError, match=f"{log} has a corrupt row at line 2 "):
+        train(TinyConvModel(TinyConfig(width=4)), realish_images(8), config(4), tmp_path)
+    assert log.read_bytes() == before

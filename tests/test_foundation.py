@@ -100,7 +100,7 @@ def test_every_cut_of_a_row_is_skipped_and_other_bad_lines_raise(tmp_path):
         assert atomic.read_jsonl(path) == [{"step": 1}, {"step": 2}], text[:cut]
     for bad in ("{not json}", '{"a": 1}}', "garbage", '{"a": 1} {"b"'):
         path.write_text('{"step": 1}\n' + bad + "\n")
-        with pytest.raises(ValueError, match=f"{path} line 2"):
+        with pytest.raises(ValueError, match=f"{path} has a corrupt row at line 2 "):
             atomic.read_jsonl(path)
 
 

@@ -229,8 +229,7 @@ def resume_training(directory: Path, log_path: Path, *, model, ema, optimizer, c
             rows = [row for row in atomic.read_jsonl(log_path)
                     if isinstance(row, dict) and row.get("step", 0) <= step]
         except ValueError as error:
-            raise UserError(f"the training log has a corrupt line ({error}); fix or delete that "
-                            "line and resume") from error
+            raise UserError(f"{error}; fix or delete that line and resume") from error
         atomic.write_text(log_path, "".join(json.dumps(row, sort_keys=True, default=str) + "\n"
                                             for row in rows))
     distributed.barrier(info)

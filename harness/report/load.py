@@ -141,9 +141,12 @@ def read_summary(path: Path) -> pd.DataFrame:
 def read_metrics(path: Path) -> pd.DataFrame:
     try:
         rows = read_jsonl(path)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} has a corrupt row ({error}); fix or delete that line and "
-                        "re-run `harness report`") from error
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error}); re-run `harness run` to rewrite "
+                        "it") from error
+    except ValueError as error:  # names the file and line
+        raise UserError(f"{error}; fix or delete that line and re-run `harness report`") \
+            from error
     rows = [row for row in rows if isinstance(row, dict)]
     return _typed(pd.DataFrame(rows), METRIC_COLUMNS, _METRIC_TEXT)
 
