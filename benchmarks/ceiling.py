@@ -1,10 +1,17 @@
 """The float32 ceiling of a training step on this machine, measured in the benchmark's own run:
-the speed of a large matmul with the benchmark's threads (like nanoGPT's `estimate_mfu`, against
-a measured peak instead of a datasheet one) and the forward FLOPs per image of the model
-(torch.utils.flop_counter, counted on the meta device: shapes only, no compute). A step that
-ran every FLOP at that speed, taking backward as twice the forward, takes
+the best speed of two dense float32 products with the benchmark's threads (like nanoGPT's
+`estimate_mfu`, against a measured peak instead of a datasheet one), and the forward FLOPs per
+image of the model (torch.utils.flop_counter, counted on the meta device: shapes only, no
+compute). A step that ran every FLOP at that speed, taking backward as twice the forward, takes
 `3 · flops · batch / peak`: no float32 implementation of the architecture is faster here, so a
-speed-up goal beyond `baseline step / that floor` cannot be met on this machine."""
+speed-up goal beyond `baseline step / that floor` cannot be met on this machine.
+
+The two products: a 4096² matmul (torch's BLAS, MKL in the CPU wheel) and the same kind of GEMM
+as a channels_last 1×1 convolution (oneDNN's JIT kernels, which run the models' convolutions).
+Both are needed: MKL does not take its AVX-512 path on AMD CPUs, so on an AMD EPYC (Zen 5) the
+matmul reached 107 GFLOP/s on one thread where oneDNN's GEMM reached ~250; a ceiling from the
+matmul alone was ~2.4x too low there. On Intel CPUs the two agree more closely.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +39,37 @@ def sgemm_gflops_per_s(threads: int, size: int = 4096, repeats: int = 5) -> floa
     finally:
         torch.set_num_threads(before)
     return 2 * size ** 3 / best_s / 1e9
+
+
+def onednn_gemm_gflops_per_s(threads: int, channels: int = 1024, pixels: int = 16 * 16 * 16,
+                             repeats: int = 5) -> float:
+    """Best of `repeats` 1×1 convolutions, channels_last, `channels` in and out over `pixels`
+    positions (batch 16, so that torch hands them to oneDNN at any thread count), in GFLOP/s:
+    a (pixels × channels) · (channels × channels) GEMM run by oneDNN's kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        side = int(round((pixels / 16) ** 0.5))
+        x = torch.randn(16, channels, side, side).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(channels, channels, 1, 1).contiguous(memory_format=torch.channels_last)
+        torch.nn.functional.conv2d(x, w)  # warm-up: the oneDNN primitive and its weight reorder
+        best_s = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.nn.functional.conv2d(x, w)
+            best_s = min(best_s, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * 16 * side * side * channels ** 2 / best_s / 1e9
+
+
+def float32_peak(threads: int, repeats: int = 5) -> dict[str, float]:
+    """The machine's measured float32 peak with `threads` threads, GFLOP/s: the faster of the
+    BLAS matmul and oneDNN's GEMM (`peak_gflops_per_s`), each reported too."""
+    matmul = sgemm_gflops_per_s(threads, repeats=repeats)
+    onednn = onednn_gemm_gflops_per_s(threads, repeats=repeats)
+    return {"matmul_gflops_per_s": matmul, "onednn_gemm_gflops_per_s": onednn,
+            "peak_gflops_per_s": max(matmul, onednn)}
 
 
 def forward_flops_per_image(family: str, config) -> float:
