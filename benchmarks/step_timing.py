@@ -7,7 +7,8 @@ PYTHONPATH and once with a baseline commit's, so both are timed the same way on 
 Prints one JSON line: median seconds per training step (forward, backward, AdamW), per
 evaluation batch (`loss` under inference mode, eval mode) and the loss of the first step (the
 two trees must agree on it: the same model, the same numbers), with `models.__file__` to show
-which tree ran. Imports only `models` (whichever tree is first on the path) and torch.
+which tree ran. Imports only `models` (whichever tree is first on the path), torch and, where
+that tree has it, `harness.engine.allocator`: the allocator setting its cells run under.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def _median_s(fn, warmup: int, repeats: int) -> float:
 
 def main(spec: dict) -> dict:
     import models
+
+    try:  # the tree's cells run under it (harness.run.cell); an older tree has none
+        from harness.engine.allocator import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
 
     torch.set_num_threads(spec.get("threads", 1))
     torch.manual_seed(0)

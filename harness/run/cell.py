@@ -35,7 +35,7 @@ import torch
 from harness import atomic
 from harness.contract import CONFIG_FILE, ROWS_FILE, SPEED_FILE, STATUS_FILE, ci95
 from harness.data import load_dataset
-from harness.engine import codecs, throughput, weights
+from harness.engine import allocator, codecs, throughput, weights
 from harness.engine.evaluate import evaluate, save_npy
 from harness.engine.train import train
 from harness.errors import UserError
@@ -351,6 +351,7 @@ def run_cell(cell: Cell, context: CellContext, cell_dir: Path) -> dict:
     """
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
+    allocator.keep_freed_memory()  # every launcher's cells pass here, in their own process
     start = time.perf_counter()
     previous = read_status(cell_dir)
     wall_before = float(previous.get("wall_s") or 0.0) if previous.get("status") != "done" else 0.0

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from harness.engine import budget, throughput
+from harness.engine import allocator, budget, throughput
 from harness.engine.config import TrainConfig
 from harness.engine.evaluate import samplers
 from harness.experiment.schema import Cell, ExperimentConfig, SpeedSpec
@@ -185,6 +185,7 @@ def _sample_call_s(family: registry.Family, config: Any, batch: int, method: str
 
 
 def _probe_all(tasks: list[tuple], threads: int) -> list[Probe]:
+    allocator.keep_freed_memory()  # as the cells will run (harness.run.cell)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
