@@ -23,44 +23,39 @@ from harness.engine import throughput
 from models import registry
 
 
-def sgemm_gflops_per_s(threads: int, size: int = 4096, repeats: int = 5) -> float:
-    """Best of `repeats` float32 matmuls of two size×size matrices with `threads` torch
-    threads, in GFLOP/s (2·size³ each)."""
+def _best_gflops_per_s(product, flops: float, threads: int, repeats: int) -> float:
+    """`flops` over the best of `repeats` calls of `product()` with `threads` torch threads,
+    after one untimed call (thread pool, library buffers, oneDNN's primitive)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        a @ b  # warm-up: thread pool and MKL buffers
+        product()
         best_s = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            a @ b
+            product()
             best_s = min(best_s, time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
-    return 2 * size ** 3 / best_s / 1e9
+    return flops / best_s / 1e9
+
+
+def sgemm_gflops_per_s(threads: int, size: int = 4096, repeats: int = 5) -> float:
+    """float32 matmuls of two size×size matrices (torch's BLAS), GFLOP/s (2·size³ each)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return _best_gflops_per_s(lambda: a @ b, 2 * size ** 3, threads, repeats)
 
 
 def onednn_gemm_gflops_per_s(threads: int, channels: int = 1024, pixels: int = 16 * 16 * 16,
                              repeats: int = 5) -> float:
-    """Best of `repeats` 1×1 convolutions, channels_last, `channels` in and out over `pixels`
-    positions (batch 16, so that torch hands them to oneDNN at any thread count), in GFLOP/s:
-    a (pixels × channels) · (channels × channels) GEMM run by oneDNN's kernels."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        side = int(round((pixels / 16) ** 0.5))
-        x = torch.randn(16, channels, side, side).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(channels, channels, 1, 1).contiguous(memory_format=torch.channels_last)
-        torch.nn.functional.conv2d(x, w)  # warm-up: the oneDNN primitive and its weight reorder
-        best_s = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.nn.functional.conv2d(x, w)
-            best_s = min(best_s, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
-    return 2 * 16 * side * side * channels ** 2 / best_s / 1e9
+    """1×1 convolutions, channels_last, `channels` in and out over `pixels` positions (batch 16,
+    so that torch hands them to oneDNN at any thread count), GFLOP/s: a (pixels × channels) ·
+    (channels × channels) GEMM run by oneDNN's kernels."""
+    side = int(round((pixels / 16) ** 0.5))
+    x = torch.randn(16, channels, side, side).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 1, 1).contiguous(memory_format=torch.channels_last)
+    return _best_gflops_per_s(lambda: torch.nn.functional.conv2d(x, w),
+                              2 * 16 * side * side * channels ** 2, threads, repeats)
 
 
 def float32_peak(threads: int, repeats: int = 5) -> dict[str, float]:
