@@ -205,4 +205,8 @@ def test_bench_vdvae_activation_checkpointing(benchmark):
                     f"{recomputed['peak_rss_bytes'] / 2 ** 30:.2f} GiB "
                     f"({1 - recomputed['peak_rss_bytes'] / plain['peak_rss_bytes']:.0%} less), "
                     f"{recomputed['step_s'] / plain['step_s']:.2f}x the step time"]})
-    assert recomputed["peak_rss_bytes"] < plain["peak_rss_bytes"]
+    assert recomputed["step_s"] > 0 and plain["step_s"] > 0
+    if timed:  # ~1 GiB saved on cifar10; on the tiny preset the few MiB saved are below the
+        # process's RSS noise (seen both ways in CI), so the untimed run only runs the path. The
+        # saving itself is asserted exactly in tests/test_vdvae.py (bytes kept for backward).
+        assert recomputed["peak_rss_bytes"] < plain["peak_rss_bytes"]
