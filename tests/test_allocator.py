@@ -59,16 +59,24 @@ def test_second_call_does_nothing():
     assert allocator.keep_freed_memory.cache_info().hits >= 1
 
 
-def test_every_cell_and_the_probe_run_under_it(monkeypatch):
+def test_every_cell_and_the_probe_run_under_it(monkeypatch, tmp_path):
     """run_cell and the planner's probe call it (so the cells and the estimate see the same
-    allocator); checked by replacing it and running the probe's entry on no tasks."""
-    from harness.run import plan
+    allocator): checked by replacing it, running the probe's entry on no tasks, and stopping
+    run_cell at its first write after the call."""
+    from harness.run import cell, plan
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     assert plan._probe_all([], 1) == []
     assert calls == [1]
-    import inspect
 
-    from harness.run import cell
-    assert "allocator.keep_freed_memory()" in inspect.getsource(cell.run_cell)
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop
+
+    monkeypatch.setattr(cell, "cell_config_record", stop)
+    with pytest.raises(Stop):
+        cell.run_cell(None, None, tmp_path / "cell")
+    assert calls == [1, 1]
