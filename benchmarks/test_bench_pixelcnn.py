@@ -1,5 +1,6 @@
 """Gated PixelCNN sampling throughput on CPU, naive vs cached (Ramachandran et al. 2017), batch 16,
-for the small CPU presets at 28×28×1 (`cpu_mnist`) and 32×32×3 (`cpu_cifar`).
+for the small CPU presets at 28×28×1 (`cpu_mnist`) and 32×32×3 (`cpu_cifar`); and the gate's tanh
+against `torch.tanh`.
 
 Run:   bash scripts/bench.sh -k pixelcnn
   or   python -m pytest benchmarks/test_bench_pixelcnn.py --benchmark-enable --benchmark-only
@@ -14,10 +15,14 @@ still takes ~30 s, so that case is marked slow.
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 import torch
 
 from models.pixelcnn import PRESETS, GatedPixelCNN, GatedPixelCNNConfig
+from models.pixelcnn_ops import tanh
 
 BATCH = 16
 MIN_SPEEDUP_32x32x3 = 10.0
@@ -72,3 +77,29 @@ def test_bench_pixelcnn_sampling(benchmark, one_torch_thread, preset, method):
         if preset == "cpu_cifar":
             assert speedup >= MIN_SPEEDUP_32x32x3, (
                 f"cached sampler only {speedup:.1f}x faster than naive at 32x32x3")
+
+
+def test_bench_pixelcnn_gate_tanh(benchmark, one_torch_thread):
+    """The gate's tanh (models.pixelcnn_ops.tanh, 2σ(2x) - 1 through the sigmoid kernel) against
+    `torch.tanh`, alternately on the matched model's tanh half, (32, 49, 28, 28) channels_last.
+    The speed-up depends on the CPU: ATen's tanh kernel was 10× slower than its sigmoid on AMD."""
+    pre = torch.randn(32, 98, 28, 28, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=torch.channels_last)
+    half = pre[:, :49]  # the strided view the gate reads
+    assert (tanh(half) - torch.tanh(half)).abs().max().item() <= 2.5e-7
+    seconds = {"ours": [], "torch": []}
+
+    def alternate() -> None:
+        for name, fn in (("torch", torch.tanh), ("ours", tanh)):
+            start = time.perf_counter()
+            fn(half)
+            seconds[name].append(time.perf_counter() - start)
+
+    benchmark.group = "pixelcnn-gate-tanh"
+    benchmark.pedantic(alternate, rounds=30, iterations=1, warmup_rounds=3)
+    if benchmark.disabled:
+        return
+    ms = {name: 1e3 * statistics.median(times) for name, times in seconds.items()}
+    benchmark.extra_info.update(shape="32x49x28x28", torch_tanh_ms=ms["torch"],
+                                sigmoid_tanh_ms=ms["ours"],
+                                speedup_vs_torch_tanh=ms["torch"] / ms["ours"])

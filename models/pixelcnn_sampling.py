@@ -178,7 +178,7 @@ class _CachedLayer:
         """Column j of this layer: (skip (n, p), horizontal output (n, p) or None)."""
         window = self.horizontal_in[:, j:j + self.half + 1].reshape(self.horizontal_in.shape[0], -1)
         pre = torch.addmm(self.link[j], window, self.horizontal_t)  # (n, 2p)
-        gated = torch.tanh(pre[:, :self.p]).mul_(torch.sigmoid(pre[:, self.p:]))
+        gated = gate(pre)
         out = torch.addmm(self.skip_residual_b, gated, self.skip_residual_t)
         if self.last:
             return out, None
