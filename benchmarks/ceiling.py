@@ -11,13 +11,21 @@ as a channels_last 1×1 convolution (oneDNN's JIT kernels, which run the models'
 Both are needed: MKL does not take its AVX-512 path on AMD CPUs, so on an AMD EPYC (Zen 5) the
 matmul reached 107 GFLOP/s on one thread where oneDNN's GEMM reached ~250; a ceiling from the
 matmul alone was ~2.4x too low there. On Intel CPUs the two agree more closely.
+
+The peak is a bound no kernel beats; the convolutions a model actually runs come nowhere near it
+at small channel counts. `convolution_floor` gives the tighter bound: every convolution of one
+training step, each shape timed alone (forward and backward, warm caches, best of a few), summed.
+A step cannot be faster than its convolutions, so `baseline step / that floor` caps any speed-up
+that keeps these kernels (oneDNN's, in the CPU wheel), whatever happens to the rest of the step.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from harness.engine import throughput
 from models import registry
@@ -82,3 +90,79 @@ def forward_flops_per_image(family: str, config) -> float:
 def floor_step_s(forward_flops: float, batch: int, peak_gflops_per_s: float) -> float:
     """Seconds of a training step (forward + backward at twice the forward) at the peak."""
     return 3 * forward_flops * batch / (peak_gflops_per_s * 1e9)
+
+
+class _RecordConvolutions(TorchFunctionMode):
+    """Counts the 2-D convolutions a forward calls, keyed by everything that sets their cost."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.conv2d, torch.nn.functional.conv2d):
+            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+            call = {**dict(zip(names, args)), **kwargs}
+            x, weight = call["input"], call["weight"]
+
+            def pair(value, default):
+                value = call.get(value, default)
+                return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+            self.counts[(tuple(x.shape), tuple(weight.shape), call.get("bias") is not None,
+                         pair("stride", 1), pair("padding", 0), pair("dilation", 1),
+                         int(call.get("groups", 1)), x.requires_grad,
+                         x.is_contiguous(memory_format=torch.channels_last))] += 1
+        return func(*args, **kwargs)
+
+
+def _convolution_s(key, repeats: int) -> float:
+    """Best-of-`repeats` seconds of one convolution's forward and backward (input gradient when
+    its input needs one, weight and bias gradients) on random data of the recorded layout."""
+    shape, weight_shape, has_bias, stride, padding, dilation, groups, input_grad, nhwc = key
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    x = torch.randn(shape).contiguous(memory_format=layout).requires_grad_(input_grad)
+    weight = torch.randn(weight_shape).contiguous(memory_format=layout).requires_grad_()
+    bias = torch.zeros(weight_shape[0], requires_grad=True) if has_bias else None
+    wrt = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+
+    def step():
+        out = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        torch.autograd.grad(out, wrt, grad_output)
+
+    grad_output = torch.randn(torch.nn.functional.conv2d(
+        x.detach(), weight.detach(), None, stride, padding, dilation, groups).shape
+    ).contiguous(memory_format=layout)
+    step()
+    best_s = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best_s = min(best_s, time.perf_counter() - start)
+    return best_s
+
+
+def convolution_floor(family: str, config, batch: int, threads: int,
+                      repeats: int = 3) -> dict[str, float]:
+    """Seconds the convolutions of one training step of `family`'s model at `batch` take here
+    with `threads` threads, each shape timed alone (see the module docstring):
+    `convolution_floor_s`, with `convolutions_per_step` and the distinct shapes timed."""
+    entry = registry.get(family)
+    if isinstance(config, dict):
+        config = entry.config_cls(**config)
+    torch.manual_seed(0)
+    model = entry.build_model(config)
+    images = torch.randint(0, 256, (batch, *entry.image_shape(config)), dtype=torch.uint8)
+    record = _RecordConvolutions()
+    with record:
+        model.loss(images)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        total_s = sum(count * _convolution_s(key, repeats) for key, count in record.counts.items())
+    finally:
+        torch.set_num_threads(before)
+    return {"convolution_floor_s": total_s,
+            "convolutions_per_step": sum(record.counts.values()),
+            "convolution_shapes": len(record.counts)}
