@@ -43,6 +43,25 @@ def test_uniform_categorical_is_exactly_8_bits_per_dim():
     torch.testing.assert_close(bits, torch.full((2,), 8.0), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_categorical_nll_is_minus_log_softmax_at_the_target_with_and_without_gradients(
+        channels_last):
+    g = torch.Generator().manual_seed(3)
+    logits = 4 * torch.randn(2, 3 * 256, 5, 6, generator=g)
+    if channels_last:  # how the PixelCNN's head hands them over
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    logits = logits.view(2, 3, 256, 5, 6)
+    target = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8, generator=g)
+    log_probs = torch.log_softmax(logits.double(), dim=2)
+    picked = log_probs.gather(2, target.long().unsqueeze(2)).squeeze(2)  # (N, C, H, W)
+    expected = -picked.mean(dim=(1, 2, 3))
+    with torch.no_grad():
+        evaluation = categorical_nats_per_dim(logits, target)
+    training = categorical_nats_per_dim(logits.clone().requires_grad_(), target)
+    torch.testing.assert_close(evaluation.double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(training.detach().double(), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["dmol_nmix10.pt", "dmol_nmix1.pt"])
 def test_dmol_matches_reference_vectors(reference_dir, name):
     ref = torch.load(reference_dir / name, weights_only=True)

@@ -3,6 +3,7 @@ gradient, in the gate and without gradients."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.pixelcnn_ops import gate, tanh
@@ -25,8 +26,18 @@ def test_tanh_and_gate_gradients():
     torch.testing.assert_close(grad, 1 - torch.tanh(x.detach()) ** 2)
 
 
-def test_gate_without_gradients_matches_with():
-    pre = torch.randn(2, 6, 3, 3)
+@pytest.mark.parametrize("shape,dim", [((2, 6, 3, 3), 1), ((5, 8), 1), ((4, 10, 7), 1),
+                                       ((3, 4, 6), -1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gate_without_gradients_agrees_with_the_training_path(shape, dim, channels_last):
+    pre = 3 * torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    if channels_last and pre.dim() == 4:
+        pre = pre.contiguous(memory_format=torch.channels_last)
+    f, g = pre.chunk(2, dim=dim)
+    exact = torch.tanh(f.double()) * torch.sigmoid(g.double())
     with torch.no_grad():
-        inference = gate(pre)
-    torch.testing.assert_close(gate(pre.requires_grad_()), inference, rtol=0, atol=0)
+        inference = gate(pre, dim)
+    training = gate(pre.clone().requires_grad_(), dim)
+    assert inference.shape == training.shape == f.shape
+    torch.testing.assert_close(inference.double(), exact, rtol=0, atol=5e-7)
+    torch.testing.assert_close(training.detach().double(), exact, rtol=0, atol=5e-7)
