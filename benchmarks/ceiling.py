@@ -31,21 +31,26 @@ from harness.engine import throughput
 from models import registry
 
 
+def _best_s(fn, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls of `fn()`, after one untimed call (thread pool,
+    library buffers, oneDNN's primitive)."""
+    fn()
+    best_s = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best_s = min(best_s, time.perf_counter() - start)
+    return best_s
+
+
 def _best_gflops_per_s(product, flops: float, threads: int, repeats: int) -> float:
-    """`flops` over the best of `repeats` calls of `product()` with `threads` torch threads,
-    after one untimed call (thread pool, library buffers, oneDNN's primitive)."""
+    """`flops` over the best of `repeats` calls of `product()` with `threads` torch threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        product()
-        best_s = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            best_s = min(best_s, time.perf_counter() - start)
+        return flops / _best_s(product, repeats) / 1e9
     finally:
         torch.set_num_threads(before)
-    return flops / best_s / 1e9
 
 
 def sgemm_gflops_per_s(threads: int, size: int = 4096, repeats: int = 5) -> float:
@@ -122,8 +127,15 @@ def _convolution_s(key, repeats: int) -> float:
     its input needs one, weight and bias gradients) on random data of the recorded layout."""
     shape, weight_shape, has_bias, stride, padding, dilation, groups, input_grad, nhwc = key
     layout = torch.channels_last if nhwc else torch.contiguous_format
-    x = torch.randn(shape).contiguous(memory_format=layout).requires_grad_(input_grad)
-    weight = torch.randn(weight_shape).contiguous(memory_format=layout).requires_grad_()
+
+    def random(size) -> torch.Tensor:
+        # Strides set by the layout even for one input channel, as `module.to(memory_format=)`
+        # sets a model's weights (`.contiguous()` would keep NCHW strides there, and oneDNN then
+        # ran the models' first convolutions 1.5-6x slower).
+        return torch.empty(size, memory_format=layout).normal_()
+
+    x = random(shape).requires_grad_(input_grad)
+    weight = random(weight_shape).requires_grad_()
     bias = torch.zeros(weight_shape[0], requires_grad=True) if has_bias else None
     wrt = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
 
@@ -131,16 +143,9 @@ def _convolution_s(key, repeats: int) -> float:
         out = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
         torch.autograd.grad(out, wrt, grad_output)
 
-    grad_output = torch.randn(torch.nn.functional.conv2d(
-        x.detach(), weight.detach(), None, stride, padding, dilation, groups).shape
-    ).contiguous(memory_format=layout)
-    step()
-    best_s = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        best_s = min(best_s, time.perf_counter() - start)
-    return best_s
+    grad_output = random(torch.nn.functional.conv2d(
+        x.detach(), weight.detach(), None, stride, padding, dilation, groups).shape)
+    return _best_s(step, repeats)
 
 
 def convolution_floor(family: str, config, batch: int, threads: int,
