@@ -130,8 +130,8 @@ def _convolution_s(key, repeats: int) -> float:
 
     def random(size) -> torch.Tensor:
         # Strides set by the layout even for one input channel, as `module.to(memory_format=)`
-        # sets a model's weights (`.contiguous()` would keep NCHW strides there, and oneDNN then
-        # ran the models' first convolutions 1.5-6x slower).
+        # sets a model's weights (`.contiguous()` would keep NCHW strides there, on which oneDNN
+        # ran the models' first convolutions 1.5-6x slower than in the models).
         return torch.empty(size, memory_format=layout).normal_()
 
     x = random(shape).requires_grad_(input_grad)
