@@ -22,6 +22,7 @@ that keeps these kernels (oneDNN's, in the CPU wheel), whatever happens to the r
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 
 import torch
@@ -43,14 +44,27 @@ def _best_s(fn, repeats: int) -> float:
     return best_s
 
 
-def _best_gflops_per_s(product, flops: float, threads: int, repeats: int) -> float:
-    """`flops` over the best of `repeats` calls of `product()` with `threads` torch threads."""
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    """Run the block with `threads` torch threads, then restore the caller's count."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return flops / _best_s(product, repeats) / 1e9
+        yield
     finally:
         torch.set_num_threads(before)
+
+
+def _resolved(family: str, config):
+    """`family`'s registry entry and `config` as its config object (a dict gives the fields)."""
+    entry = registry.get(family)
+    return entry, entry.config_cls(**config) if isinstance(config, dict) else config
+
+
+def _best_gflops_per_s(product, flops: float, threads: int, repeats: int) -> float:
+    """`flops` over the best of `repeats` calls of `product()` with `threads` torch threads."""
+    with _torch_threads(threads):
+        return flops / _best_s(product, repeats) / 1e9
 
 
 def sgemm_gflops_per_s(threads: int, size: int = 4096, repeats: int = 5) -> float:
@@ -83,9 +97,7 @@ def float32_peak(threads: int, repeats: int = 5) -> dict[str, float]:
 def forward_flops_per_image(family: str, config) -> float:
     """Forward FLOPs of `family`'s model for `config` (a config object or a dict of fields)
     per image, counted on the meta device."""
-    entry = registry.get(family)
-    if isinstance(config, dict):
-        config = entry.config_cls(**config)
+    entry, config = _resolved(family, config)
     with torch.device("meta"):
         model = entry.build_model(config)
         images = torch.zeros(1, *entry.image_shape(config), dtype=torch.uint8)
@@ -111,9 +123,11 @@ class _RecordConvolutions(TorchFunctionMode):
             call = {**dict(zip(names, args)), **kwargs}
             x, weight = call["input"], call["weight"]
 
-            def pair(value, default):
-                value = call.get(value, default)
-                return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+            def pair(name, default):  # an int, a pair, or a string such as "same"
+                value = call.get(name, default)
+                if isinstance(value, (tuple, list)):
+                    return tuple(value)
+                return value if isinstance(value, str) else (value, value)
 
             self.counts[(tuple(x.shape), tuple(weight.shape), call.get("bias") is not None,
                          pair("stride", 1), pair("padding", 0), pair("dilation", 1),
@@ -143,8 +157,9 @@ def _convolution_s(key, repeats: int) -> float:
         out = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
         torch.autograd.grad(out, wrt, grad_output)
 
-    grad_output = random(torch.nn.functional.conv2d(
-        x.detach(), weight.detach(), None, stride, padding, dilation, groups).shape)
+    with torch.no_grad():
+        grad_output = random(torch.nn.functional.conv2d(
+            x, weight, None, stride, padding, dilation, groups).shape)
     return _best_s(step, repeats)
 
 
@@ -153,21 +168,15 @@ def convolution_floor(family: str, config, batch: int, threads: int,
     """Seconds the convolutions of one training step of `family`'s model at `batch` take here
     with `threads` threads, each shape timed alone (see the module docstring):
     `convolution_floor_s`, with `convolutions_per_step` and the distinct shapes timed."""
-    entry = registry.get(family)
-    if isinstance(config, dict):
-        config = entry.config_cls(**config)
+    entry, config = _resolved(family, config)
     torch.manual_seed(0)
     model = entry.build_model(config)
     images = torch.randint(0, 256, (batch, *entry.image_shape(config)), dtype=torch.uint8)
     record = _RecordConvolutions()
     with record:
         model.loss(images)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         total_s = sum(count * _convolution_s(key, repeats) for key, count in record.counts.items())
-    finally:
-        torch.set_num_threads(before)
     return {"convolution_floor_s": total_s,
             "convolutions_per_step": sum(record.counts.values()),
             "convolution_shapes": len(record.counts)}

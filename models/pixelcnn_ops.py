@@ -10,6 +10,10 @@ import torch
 N_VALUES = 256  # 8-bit sub-pixels: 256 classes per softmax
 
 
+def _tanh_via_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+
+
 class _Tanh(torch.autograd.Function):
     """tanh(x) computed as 2σ(2x) - 1: the same function (within ~2e-7 of `torch.tanh` in
     float32), 4× faster on the AMD CPUs we measured, where ATen's tanh kernel ran 10× slower than
@@ -18,7 +22,7 @@ class _Tanh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        out = _tanh_via_sigmoid(x)
         ctx.save_for_backward(out)
         return out
 
@@ -32,7 +36,7 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     """`torch.tanh` through the sigmoid kernel (see `_Tanh`); differentiable."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _Tanh.apply(x)
-    return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+    return _tanh_via_sigmoid(x)
 
 
 @functools.lru_cache(maxsize=64)
