@@ -24,7 +24,7 @@ import torch
 
 from harness.engine import allocator, budget, throughput
 from harness.engine.config import TrainConfig
-from harness.engine.evaluate import samplers
+from harness.engine.sampling import samplers
 from harness.experiment.schema import Cell, ExperimentConfig, SpeedSpec
 from models import registry
 
