@@ -339,7 +339,8 @@ def _dataset_provenance(context: CellContext, cell: Cell) -> dict:
 
 
 def cell_config_record(cell: Cell, context: CellContext) -> dict:
-    return {"experiment": context.experiment, **cell.record(),
+    label = registry.get(cell.family).label if cell.kind != "codec" else None
+    return {"experiment": context.experiment, **cell.record(), "family_label": label,
             # speed cells record the file's data too, as results folders always have
             "data": to_plain(cell.data or context.data),
             "sampling_speed": to_plain(context.sampling_speed) if cell.kind == "speed" else None}
