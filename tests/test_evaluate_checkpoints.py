@@ -17,7 +17,7 @@ from PIL import Image
 from harness import cli
 from harness.data.splits import seeded_permutation
 from harness.engine.evaluate import likelihood_pass
-from harness.run.cell import merged_rows
+from harness.run.results_folder import merged_rows
 from harness.run.runner import run_experiment
 from models.likelihoods import nats_to_bits
 from models.vdvae import VDVAE, VDVAEConfig

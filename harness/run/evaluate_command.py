@@ -4,7 +4,7 @@ that evaluates a weights file, so nobody writes YAML to check one.
 The command writes the experiment it builds (`evaluate.yaml`, with `train.max_steps: 0` and the
 model entry's `checkpoint:`) into the results folder, runs it like `harness run` (rows, summary,
 report), and prints test bits/dim ± 95% CI next to the figure published for that preset and
-dataset (harness.report.published.PUBLISHED_CHECKPOINTS), saying whether that figure lies
+dataset (harness.published.PUBLISHED_CHECKPOINTS), saying whether that figure lies
 inside our interval.
 
 `--model` is a preset name (`cifar10`, or `vdvae:cifar10` when two families share the name) or a
@@ -27,8 +27,8 @@ from harness.engine import weights
 from harness.engine.config import EvalConfig
 from harness.errors import UserError, closest
 from harness.experiment.schema import TOP_LEVEL
-from harness.report.published import PUBLISHED_CHECKPOINTS
-from harness.run.cell import read_rows
+from harness.published import PUBLISHED_CHECKPOINTS
+from harness.run.results_folder import read_rows
 from harness.run.results_folder import cell_dir
 from harness.run.runner import run_experiment
 from models import registry

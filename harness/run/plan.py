@@ -26,7 +26,7 @@ from harness.engine import allocator, budget, throughput
 from harness.engine.config import TrainConfig
 from harness.engine.evaluate import SAMPLE_CHUNK, chosen_studies, sample_set_size
 from harness.engine.sampling import samplers
-from harness.engine.studies import SAMPLES, StudyCost
+from harness.engine.studies import StudyCost
 from harness.experiment.schema import Cell, ExperimentConfig, SpeedSpec
 from models import registry
 

@@ -34,14 +34,14 @@ from harness.experiment.load import load_experiment
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.report import build_report
 from harness.run import locks, speed_phase
-from harness.run.cell import (CellContext, check_checkpoints, load_splits, missing_inputs,
-                              read_speed, read_status, write_status)
+from harness.run.cell import check_checkpoints, load_splits, missing_inputs
 from harness.run.console import quiet, say
 from harness.run.launchers import gpus, local, slurm_follow
 from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
-from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
-                                        rebuild_shared_files)
+from harness.run.results_folder import (CellContext, cell_dir, check_resumable,
+                                        default_results_dir, read_speed, read_status,
+                                        rebuild_shared_files, write_status)
 
 
 def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root: Path | None,

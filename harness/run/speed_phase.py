@@ -34,16 +34,10 @@ from harness.engine.train import resolve_device
 from harness.experiment.schema import Cell
 from harness.plain import to_plain
 from harness.run import locks
-from harness.run.cell import (
-    CellContext,
-    decorate,
-    one_line,
-    read_speed,
-    read_status,
-    starting_models,
-)
+from harness.run.cell import decorate, one_line, starting_models
 from harness.run.console import say
-from harness.run.results_folder import cell_dir, rebuild_shared_files
+from harness.run.results_folder import (CellContext, cell_dir, read_speed, read_status,
+                                        rebuild_shared_files)
 from models import registry
 
 
