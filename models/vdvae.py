@@ -93,15 +93,11 @@ class VDVAE(nn.Module):
 
     def _noise_list(self, noise, n: int, generator, device) -> list[torch.Tensor]:
         """The standard-normal ε of every top-down block: given, or drawn from `generator`."""
-        shapes = [(n, self.config.zdim, b.resolution, b.resolution)
-                  for b in self.decoder.dec_blocks]
         if noise is None:
             dtype = self.decoder.gain.dtype
-            return [torch.randn(s, generator=generator, device=device, dtype=dtype)
-                    for s in shapes]
-        if len(noise) != len(shapes) or any(tuple(e.shape) != s for e, s in zip(noise, shapes)):
-            raise ValueError(f"noise: expected {len(shapes)} tensors shaped {shapes[:2]}..., got "
-                             f"{[tuple(e.shape) for e in noise][:2]}... ({len(noise)} tensors)")
+            return [torch.randn(self._latent_shape(n, j), generator=generator, device=device,
+                                dtype=dtype) for j in range(self.config.n_top_down)]
+        self._check_block_tensors("noise", noise, n, count=self.config.n_top_down)
         return list(noise)
 
     def _temperatures(self, temperature) -> list[float]:
@@ -263,18 +259,14 @@ class VDVAE(nn.Module):
         (N, zdim, R_j, R_j), in block order (the reference's `forward_get_latents`, the `z` of
         each block's stats).
 
-        The draws are taken along the sampled path: block j's q(z_j | x, z_<j) is computed from
-        the state that the z_<j drawn just before produced, exactly as in the ELBO pass, so with
-        the same ε (`noise`, or the same `generator` seed) they are the latents `forward` uses.
-        With effective depth G < L, block j's q reads its group's start state, so it depends on
-        the latents of earlier groups only (the latents of one group are conditionally
-        independent given x and the earlier groups); latents are still one per block.
+        Along the sampled path: block j's q(z_j | x, z_<j) comes from the state the z_<j drawn
+        just before produced, as in the ELBO pass, so with the same ε (`noise`, or the same
+        `generator` seed) these are the latents `forward` uses. With effective depth G < L,
+        block j's q reads its group's start state: it depends on earlier groups' latents only.
 
-        n_blocks: encode only the first n_blocks blocks (default all L); their draws are the
-        same as the first n_blocks of a full encode with the same noise, and ε is drawn for
-        those blocks only (in block order). noise: the ε of those blocks, (N, zdim, R_j, R_j)
-        each; otherwise drawn from `generator` (or the global RNG). Differentiable: wrap in
-        `torch.no_grad()` for inference.
+        n_blocks: only the first n_blocks blocks (default all L), the same draws as the first
+        n_blocks of a full encode, ε drawn for those blocks only. noise: their ε, (N, zdim, R_j,
+        R_j) each; otherwise drawn from `generator` in block order. Differentiable.
         """
         self._check_images(images)
         n_layers = self.config.n_top_down
@@ -309,13 +301,12 @@ class VDVAE(nn.Module):
 
         Blocks j < len(latents) use `latents[j]` verbatim, (N, zdim, R_j, R_j); every later
         block draws z_j = μ_p + σ_p·t_j·ε from its prior given the state so far, ε from
-        `generator` in block order (none drawn where t_j = 0: the prior mean). temperature: one
-        value or one per block (L values; entries of given blocks are unused). n: the batch size,
-        needed only when `latents` is empty. With effective depth G < L, the blocks of a group
-        compute their priors from the group's start state: a free block that shares a group
-        with a given one does not see that given latent (it reaches later groups through the
-        deterministic path). return_latents: also return the L latents used (the given ones,
-        then the drawn ones), so a draw can be replayed or extended. Differentiable.
+        `generator` in block order (none where t_j = 0: the prior mean). temperature: one value
+        or one per block (L; given blocks' entries unused). n: needed only when `latents` is
+        empty. With effective depth G < L a block's prior reads its group's start state, so a
+        free block does not see a given latent of its own group (later groups do). With
+        return_latents, also the L latents used (given, then drawn), to replay or extend a
+        draw. Differentiable.
         """
         temperatures = self._temperatures(temperature)
         n = self._check_latents(latents, n)
@@ -343,10 +334,10 @@ class VDVAE(nn.Module):
         advances alike; at 0 the output does not depend on them.
         """
         c = self.config
-        expected = (c.out_channels, c.image_size, c.image_size)
-        if params.dim() != 4 or tuple(params.shape[1:]) != expected:
-            raise ValueError(f"params: expected DMoL parameters (N, {', '.join(map(str, expected))})"
-                             f", got {tuple(params.shape)}")
+        if params.dim() != 4 or tuple(params.shape[1:]) != (c.out_channels, c.image_size,
+                                                            c.image_size):
+            raise ValueError(f"params: expected DMoL parameters (N, {c.out_channels}, "
+                             f"{c.image_size}, {c.image_size}), got {tuple(params.shape)}")
         values = dmol_sample(params, c.image_channels, c.n_bits, pixel_temperature, generator)
         return dmol_grid_to_uint8(values, c.n_bits)
 
