@@ -124,6 +124,10 @@ class EvalConfig:
     flops: bool = True
     active_unit_threshold: NonNegativeFloat = 0.01
     active_units_max_images: PositiveInt | None = None
+    # The hierarchy figures (families with latents in and out): samples per figure row count
+    # (0 turns the study off) and test images kept fixed at the top.
+    hierarchy_samples: NonNegativeInt = 8
+    hierarchy_images: PositiveInt = 4
 
     def __post_init__(self):
         validate_fields(self, "eval")

@@ -26,6 +26,7 @@ import matplotlib
 from harness.atomic import write_bytes, write_text
 from harness.errors import UserError
 from harness.report import figures as figs
+from harness.report import figures_latents
 from harness.report.format import Table, markdown_document, to_csv, to_latex
 from harness.report.load import Results, load_results
 from harness.report.overview import Overview, build_overview
@@ -80,6 +81,7 @@ def _figures(results: Results, paired) -> list[figs.Rendered]:
     rendered.append(figs.sampling_throughput(metrics, summary))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "kl_bits_per_dim"))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "active_units"))
+    rendered += figures_latents.hierarchy_figures(results, weights)
     rendered.append(figs.training_curves(
         summary, {name: files.train_log for name, files in results.cells.items()}))
     rendered += figs.sample_grids(
@@ -154,7 +156,9 @@ def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
 
 
 _KNOWN_FIGURES = ("bits_vs_depth", "paired_differences", "bits_vs_params", "sampling_throughput",
-                  "kl_per_layer", "active_units_per_layer", "training_curves", "samples")
+                  "kl_per_layer", "active_units_per_layer", "training_curves", "samples",
+                  "bits_by_resolution", "generation_by_resolution", "fixed_top_resampled_below",
+                  "temperature_sweep", "reconstructions")
 
 
 def _remove_stale(directory: Path, tables: set[str], figures: set[str]) -> None:
