@@ -440,9 +440,11 @@ def make_plan(experiment: ExperimentConfig, cells: list[Cell], jobs: int, thread
     if runner.estimate == "flops":
         basis = f"FLOPs at a stated {runner.flops_per_s:.3g} FLOP/s"
     else:
-        basis = (f"a {time.perf_counter() - start:.0f} s probe: {probe_steps} timed steps per "
-                 f"model in {jobs} process(es) × {threads} thread(s), CPU time, i.e. assuming "
-                 "the cores are not shared with other work")
+        what = (f"{probe_steps} timed training steps and an inference pass per model"
+                if probe_steps else "an inference pass per model (nothing trains)")
+        basis = (f"a {time.perf_counter() - start:.0f} s probe: {what} in {jobs} process(es) × "
+                 f"{threads} thread(s), CPU time, i.e. assuming the cores are not shared with "
+                 "other work")
     speed_phase_s = sum(e.speed_s for e in estimates)
     total = makespan([e.seconds for e in estimates], jobs) + speed_phase_s
     return Plan(experiment.name, estimates, jobs, threads, total, basis, speed_phase_s)

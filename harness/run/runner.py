@@ -65,7 +65,8 @@ def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root
         params = f"{cell.params:,}" if cell.params else ""
         steps = f"{estimate.steps:,}" if estimate.steps else ""
         memory = fmt_bytes(estimate.peak_memory_bytes)
-        say(f"  {cell.name:<{width}}  {cell.kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
+        kind = "eval" if cell.kind == "train" and cell.train.max_steps == 0 else cell.kind
+        say(f"  {cell.name:<{width}}  {kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
             f"{memory:>9}  {fmt_duration(estimate.seconds):>7}  "
             f"{statuses.get(cell.name, 'pending')}")
         if estimate.phases:
