@@ -66,8 +66,7 @@ class Bottleneck(nn.Module):
     def _inner(self, *activated: torch.Tensor) -> torch.Tensor:
         """GELU(c3(GELU(c2(GELU(c1(cat(activated))))))), the input to c4. With several inputs
         c1 is one conv per input with its slice of the weight, summed: the same map without
-        building the concatenation (and ~2x faster in backward on CPU for the posterior's
-        [state, activation])."""
+        building the concatenation, whose backward costs more on CPU (docs/benchmarks.md)."""
         if len(activated) == 1:
             h = self.c1(activated[0])
         else:
