@@ -1,4 +1,4 @@
-"""Fuzzed experiment files (issue 12): ≥ 500 mutations of the shipped experiments, each either a
+"""Fuzzed experiment files: ≥ 500 mutations of the shipped experiments, each either a
 valid plan or one line `harness: error: <file>:<line>: ...` with exit 2 — never a traceback, and
 never a results folder (the loader refuses before anything is written)."""
 
