@@ -1,5 +1,6 @@
-"""VDVAE building blocks (Child 2021; spec/vdvae.md "Blocks"): the bottleneck residual block, the
-bottom-up encoder and the top-down decoder.
+"""VDVAE building blocks (Child 2021, the architecture section; the public reference
+implementation's `Block`, `DecBlock`): the bottleneck residual block, the bottom-up encoder and
+the top-down decoder.
 
 Module and parameter names follow the released checkpoints of the public reference, so a reference
 state dict loads key for key: `encoder.in_conv`, `encoder.enc_blocks.N.c1..c4`,

@@ -1,7 +1,7 @@
 """One training loop for every model family that returns a per-image loss.
 
-Implements the VDVAE training recipe (Child 2021 and its reference implementation; see
-../shared/spec/vdvae.md "Training recipe"): AdamW, linear LR warm-up, gradient-norm clipping,
+Implements the VDVAE training recipe (Child 2021 and its reference implementation,
+openai/vdvae): AdamW, linear LR warm-up, gradient-norm clipping,
 **update skipping** when the pre-clip gradient norm reaches `skip_threshold` or the loss is not
 finite, and an EMA of the weights updated on applied updates only (bias-corrected by default:
 harness.engine.schedule).
