@@ -103,7 +103,7 @@ def test_fuzz_refused_and_accepted_both_happen():
 
 
 def test_fuzz_figures_are_printed(capsys):
-    """Print the counts the README quotes (run with -s)."""
+    """Print the counts docs/reliability.md quotes (run with -s)."""
     if OUTCOMES:
         with capsys.disabled():
             print(f"\nexperiment fuzz: {sum(OUTCOMES.values())} files, {OUTCOMES}")
