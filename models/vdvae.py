@@ -1,7 +1,7 @@
 """Very Deep VAE (Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them
 on Images", ICLR 2021): a bottom-up encoder and a top-down decoder of L stochastic blocks with
 diagonal Gaussian posteriors and priors, a discretized mixture of logistics likelihood, and the
-paper's effective-stochastic-depth ablation (`effective_depth`); spec/vdvae.md has the facts.
+paper's effective-stochastic-depth ablation (`effective_depth`).
 
 Everything is in nats inside; user-visible names carry their unit. The structure lives in
 `vdvae_config.py` (config, validation, parameter count), `vdvae_blocks.py` (modules) and
@@ -57,8 +57,8 @@ class VDVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        # NHWC activations: a cifar10 training step on 2 CPU cores measured ~20% faster than
-        # NCHW (oneDNN skips its layout reorders), and it is cuDNN's preferred layout for bf16.
+        # NHWC activations: oneDNN skips its layout reorders (a faster CPU step than NCHW,
+        # docs/benchmarks.md), and it is cuDNN's preferred layout for bf16.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 
@@ -119,8 +119,8 @@ class VDVAE(nn.Module):
     def forward(self, images: torch.Tensor, noise: Sequence[torch.Tensor] | None = None,
                 generator: torch.Generator | None = None,
                 posterior_means: bool = False) -> dict[str, torch.Tensor]:
-        """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (spec/vdvae.md,
-        "Objective and evaluation").
+        """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (Child 2021:
+        no KL warm-up, no free bits).
 
         images: uint8 (N, C, H, W). noise: optional ε per top-down block (N, zdim, R, R), for
         common random numbers; otherwise drawn from `generator` (or the global RNG).

@@ -1,7 +1,8 @@
-"""Issue 11's "done when": the public reference's tiny CIFAR VDVAE (../shared/vdvae_reference/
-vdvae_tiny_cifar.pt), saved in the reference's two file layouts, with its images written out as
-PNGs, evaluates through an experiment file (`harness run`) and through `harness evaluate` to the
-file's expected bits/dim, within the one-sample ELBO's noise over those images."""
+"""End to end on a released model: the public reference's tiny CIFAR VDVAE
+(../shared/vdvae_reference/vdvae_tiny_cifar.pt), saved in the reference's two file layouts, with
+its images written out as PNGs, evaluates through an experiment file (`harness run`) and through
+`harness evaluate` to the file's expected bits/dim, within the one-sample ELBO's noise over those
+images."""
 
 from __future__ import annotations
 

@@ -97,12 +97,11 @@ class EvalConfig:
     image); `iw_chunk_size` is the number of the k samples per decoder pass.
 
     `batch_size` None picks 512 on a GPU and 32 on a CPU: on a CPU large batches are slower per
-    image (1 thread, shared 2-core machine: PixelCNN cpu_mnist 990 images/s at 32, 465 at 64;
-    VDVAE fmnist_400k ~115 at 8-48, 52 at 500), as big activations spill the caches and are
-    allocated afresh by the kernel. `active_units_max_images` bounds the test images whose posterior
+    image, as big activations spill the caches and are allocated afresh by the kernel
+    (docs/benchmarks.md). `active_units_max_images` bounds the test images whose posterior
     means (collected in the ELBO pass itself, no extra pass) count for active units (None =
-    every test image). Paired comparisons need the same
-    batch size (and noise seed) for every model: posterior noise is seeded per batch."""
+    every test image). Paired comparisons need the same batch size (and noise seed) for every
+    model: posterior noise is seeded per batch."""
 
     batch_size: PositiveInt | None = None
     weights: tuple[Weights, ...] = ("raw", "ema")

@@ -39,8 +39,8 @@ CODEC_S_PER_KDIM = {"png": 0.0003, "webp": 0.012}
 
 
 # Assumed speed-up of the cached PixelCNN sampler over the naive one (not probed: one cached
-# call costs as much as the rest of the probe). Measured 73× for a 400k-parameter, 8-layer
-# model at 28×28, batch 4, one CPU thread.
+# call costs as much as the rest of the probe): the sampling benchmark's 49× at 28×28×1, batch 16
+# (the default sample batch), one thread, rounded (docs/benchmarks.md).
 CACHED_SPEEDUP = 50.0
 
 

@@ -2,7 +2,7 @@
 has finished, one cell at a time with nothing else running.
 
 Timing sampling inside a cell while another job trains on the same cores measured the other job
-too (identical architectures read 27-95 images/s). Here each measurement runs alone, with the
+too (docs/benchmarks.md). Here each measurement runs alone, with the
 run's `threads_per_job` torch threads, in the runner's own process (locally and under torchrun,
 rank 0), or as one Slurm job after the cells' job array (harness.run.launchers.slurm). Each
 sampler is timed in rounds until the last few agree (harness.engine.throughput.
