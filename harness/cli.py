@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild tables, figures and PDF from a results folder")
     report.add_argument("results_dir", help="results/<experiment>/")
-    report.add_argument("--out", metavar="DIR", help="where to write (default reports/)")
+    report.add_argument("--out", metavar="DIR", help="where to write RESULTS_NAME.pdf and its "
+                        "tables and figures (default: beside the results, in RESULTS_DIR itself, "
+                        "as harness run does)")
     report.set_defaults(func=_cmd_report)
 
     validate = sub.add_parser("validate", help="check experiment files without running them")

@@ -1,17 +1,18 @@
 """`harness report`: tables, figures and a PDF as pure functions of a results folder.
 
-    build_report(Path("results/depth_sweep")) -> Path("reports/depth_sweep.pdf")
+    build_report(Path("results/depth_sweep")) -> Path("results/depth_sweep/depth_sweep.pdf")
 
-Output layout, for `out_dir` (default `reports/`, relative to the current directory) and the
-experiment name `<exp>` (plan.json / experiment.yaml / the rows' `experiment` / folder name):
+One rule: the report goes beside its results. Output layout, for `out_dir` (default: the
+results folder itself; `harness report --out DIR` chooses another) and the experiment name
+`<exp>` (plan.json / experiment.yaml / the rows' `experiment` / folder name):
 
     <out_dir>/<exp>.pdf                     title page, table pages, one page per figure
     <out_dir>/<exp>/report.md               the same as Markdown (links to the PNGs)
     <out_dir>/<exp>/tables/<name>.{csv,md,tex}
     <out_dir>/<exp>/figures/<name>.png
 
-The runner's `--results DIR` case passes `out_dir=DIR`, which gives `DIR/<exp>.pdf` and
-`DIR/<exp>/`. Every file goes through `harness.atomic`. Inputs are read only (docs/results.md);
+`harness run` and `harness report RESULTS` therefore both write `RESULTS/<exp>.pdf` and
+`RESULTS/<exp>/`. Every file goes through `harness.atomic`. Inputs are read only (docs/results.md);
 nothing here touches a model.
 """
 
@@ -118,7 +119,7 @@ def _markdown_report(overview: Overview, tables: list[Table], produced: list[fig
 def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
     """`build_report`, returning everything it wrote (for the runner and the tests)."""
     results = load_results(Path(results_dir))
-    out_dir = Path("reports") if out_dir is None else Path(out_dir)
+    out_dir = Path(results_dir) if out_dir is None else Path(out_dir)
     directory = out_dir / results.experiment
     if directory.resolve() == (results.root / "cells").resolve():
         raise UserError(f"report folder {directory} would be the results' cells/ folder; "

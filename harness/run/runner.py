@@ -138,9 +138,9 @@ def _data_sizes(experiment: ExperimentConfig) -> tuple[int | None, int | None, i
     return n_train, n_test, c * h * w
 
 
-def _build_report(root: Path, explicit_results: bool) -> int:
+def _build_report(root: Path) -> int:
     try:
-        build_report(root, out_dir=root if explicit_results else None)  # prints where it went
+        build_report(root)  # beside its results; prints where it went
     except UserError as error:
         print(f"harness: report failed: {error}", file=sys.stderr)
         return 1
@@ -265,7 +265,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
             f"{read_speed(cell_dir(root, name)).get('error') or 'not measured'}")
     exit_status = 1 if failed or speed_failed else 0
     if experiment.runner.report:
-        exit_status = max(exit_status, _build_report(root, results_dir is not None))
+        exit_status = max(exit_status, _build_report(root))
     return exit_status
 
 
