@@ -136,3 +136,37 @@ def test_layer_heatmap_without_rows_is_skipped_with_the_reason():
     rendered = layer_heatmap(metrics, summary, "raw", "active_units")
     assert rendered.figure is None
     assert "no active_units rows" in rendered.note
+
+
+def test_sample_grid_titles_of_every_row_are_clear_of_the_images(tmp_path):
+    """Eight cells in two rows: each panel's title must not overlap any image, so the second
+    row's cells can be told apart (their titles were hidden under the first row's images)."""
+    import numpy as np
+    from PIL import Image
+
+    from harness.report.figures import sample_grids
+
+    cells = [f"vdvae_g{g}_s0" for g in (1, 2, 4, 7, 14)] + ["vdvae_g1_s1", "vdvae_g14_s1",
+                                                           "pixelcnn_s0"]
+    samples = {}
+    for index, cell in enumerate(cells):
+        samples[cell] = tmp_path / f"{cell}.png"
+        Image.fromarray(np.full((62, 62), 20 * index, dtype=np.uint8)).save(samples[cell])
+    summary = pd.DataFrame({"cell": cells, "model": ["vdvae"] * 7 + ["pixelcnn"],
+                            "dataset": ["d"] * 8, "effective_depth": [1, 2, 4, 7, 14, 1, 14, None],
+                            "seed": [0] * 5 + [1, 1, 0]})
+    rendered = sample_grids(summary, samples, [])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = rendered[0].figure
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert len(axes) == 8
+    # The drawn image of each panel (square, inside its axes box).
+    images = [ax.images[0].get_window_extent(renderer) for ax in axes]
+    for ax in axes:
+        title = ax.title.get_window_extent(renderer)
+        for box in images:
+            assert not title.overlaps(box), ax.get_title()

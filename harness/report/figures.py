@@ -426,7 +426,7 @@ def sample_grids(summary: pd.DataFrame, samples: dict[str, object], notes: list[
     for index, chunk in enumerate(chunks):
         columns = min(4, len(chunk))
         rows = math.ceil(len(chunk) / columns)
-        fig = Figure(figsize=(FIGSIZE[0], 0.6 + 2.0 * rows))
+        fig = Figure(figsize=(FIGSIZE[0], 0.8 + 2.2 * rows))
         axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
         for ax, cell in zip(axes, chunk):
             image = images[cell]
@@ -441,5 +441,8 @@ def sample_grids(summary: pd.DataFrame, samples: dict[str, object], notes: list[
                    "evaluated); titles give the cell and its effective depth.")
         fig.suptitle(title if len(chunks) == 1 else f"{title} ({index + 1}/{len(chunks)})")
         _finish(fig, caption)
+        # tight_layout leaves no room for the titles of a second row of square images with
+        # their axes off: give every row its title's height back.
+        fig.subplots_adjust(hspace=0.28)
         rendered.append(Rendered(name, title, fig, caption, "as recorded by each cell"))
     return rendered
