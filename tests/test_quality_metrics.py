@@ -14,8 +14,8 @@ import torch
 
 from harness.engine import quality_features
 from harness.engine.quality_features import RANDOM_CNN_SEED, get_extractor, random_cnn_weights
-from harness.engine.quality_metrics import (QUALITY_KEYS, QualityReference, embed,
-                                            frechet_distance, kernel_inception_distance,
+from harness.engine.quality_metrics import (QUALITY_KEYS, NearestNeighbour, QualityReference,
+                                            embed, frechet_distance, kernel_inception_distance,
                                             nearest_distances, quality_metrics)
 from harness.errors import UserError
 
@@ -248,6 +248,9 @@ def test_nearest_distances_match_brute_force():
     found = nearest_distances(queries, base)
     np.testing.assert_allclose(found[:40], expected[:40], rtol=1e-4)
     assert np.all(found[40:] < 1.0)  # exact copies: 0 up to float32 rounding
+    # Many small blocks of queries and of a uint8 base give the same distances.
+    blocked = NearestNeighbour(base.astype(np.uint8), query_rows=16, base_rows=100)
+    np.testing.assert_allclose(blocked.distances(queries), found, rtol=1e-5, atol=1e-3)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST, when installed
@@ -283,3 +286,18 @@ def test_quality_features_module_never_downloads():
     source = open(quality_features.__file__).read()
     assert "feature_extractor_weights_path=io.BytesIO(data)" in source
     assert "load_state_dict_from_url" not in source and "urlopen" not in source
+
+
+def test_within_a_radius_agrees_with_the_full_search():
+    """The projected lower bound only skips queries that the full search would also reject."""
+    rng = np.random.default_rng(23)
+    base = rng.integers(0, 256, (3000, 200), dtype=np.uint8)  # 200 >= 4 x 32: projected
+    near = np.clip(base[:50].astype(int) + rng.integers(-3, 4, (50, 200)), 0, 255)
+    queries = np.concatenate([near, rng.integers(0, 256, (150, 200))]).astype(np.uint8)
+    search = NearestNeighbour(base, query_rows=64, base_rows=700, projection_dim=32)
+    assert search.axes is not None and search.axes.shape == (200, 32)
+    axes = search.axes.double()
+    assert torch.allclose(axes.T @ axes, torch.eye(32, dtype=torch.float64), atol=1e-5)
+    distances = search.distances(queries)
+    for radius in (0.0, 30.0, np.percentile(distances, 25), np.median(distances), 1e9):
+        np.testing.assert_array_equal(search.within(queries, radius), distances < radius)

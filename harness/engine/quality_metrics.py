@@ -129,32 +129,98 @@ def precision_recall_density_coverage(samples: np.ndarray,
 
 
 class NearestNeighbour:
-    """Exact Euclidean nearest-neighbour distances to a fixed `base` set (m, dim).
+    """Exact Euclidean nearest-neighbour search in a fixed `base` set (m, dim).
 
-    |q - b|^2 = |q|^2 + |b|^2 - 2 q.b in float32 (one BLAS matmul per chunk of queries), after
-    subtracting the base's mean (smaller norms, less cancellation). The centred base and its
-    squared norms are kept, so querying many sample sets costs only the matmuls; memory stays
-    chunk x m whatever m is."""
+    |q - b|^2 = |q|^2 + |b|^2 - 2 q.b in float32, one BLAS matmul per block of queries x base
+    rows, after subtracting the base's mean (smaller norms, less cancellation). The base is kept
+    as given (uint8 pixels stay one byte each) and converted block by block, so memory stays
+    a few blocks whatever m is; its mean, squared norms and projection are computed once.
 
-    def __init__(self, base: np.ndarray, chunk: int = 256):
-        base_t = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
-        self.centre = base_t.mean(dim=0)  # (dim,)
-        self.base = base_t - self.centre  # (m, dim)
-        self.base_squared = (self.base * self.base).sum(dim=1)  # (m,)
-        self.chunk = chunk
+    `within(queries, radius)` answers "is the nearest base row closer than radius?" exactly,
+    but searches in full only the queries that might be: projecting onto orthonormal axes never
+    lengthens a vector, so |P(q - b)| <= |q - b|, and a query whose projected distance to every
+    base row is at least the radius has no base row within it. The axes are the base's leading
+    principal axes (tight bounds); a `projection_dim`-wide matmul replaces a `dim`-wide one."""
+
+    def __init__(self, base: np.ndarray, query_rows: int = 2048, base_rows: int = 8192,
+                 projection_dim: int = 96):
+        self.base = base
+        self.query_rows, self.base_rows = query_rows, base_rows
+        self.centre = torch.from_numpy(
+            np.mean(base, axis=0, dtype=np.float64).astype(np.float32))  # (dim,)
+        self.base_squared = torch.cat([(block * block).sum(dim=1)
+                                       for block in self._blocks()])  # (m,)
+        self.axes = None  # (dim, k) orthonormal, or None when dim is already small
+        # Worth it for wide vectors only: Fashion-MNIST pixels (784-d) are searched 2.8x faster
+        # at k = 96 (86% of held-out images skipped), its 224-d features not at all.
+        if base.shape[1] >= 4 * projection_dim:
+            self.axes = _principal_axes(base, self.centre, projection_dim)
+            projected = torch.cat([block @ self.axes for block in self._blocks()])  # (m, k)
+            self.projected = projected
+            self.projected_squared = (projected * projected).sum(dim=1)  # (m,)
+
+    def _blocks(self):
+        for start in range(0, len(self.base), self.base_rows):
+            block = np.asarray(self.base[start:start + self.base_rows], dtype=np.float32)
+            yield torch.from_numpy(block) - self.centre  # (rows, dim), centred
+
+    def _queries(self, queries: np.ndarray):
+        for first in range(0, len(queries), self.query_rows):
+            block = np.asarray(queries[first:first + self.query_rows], dtype=np.float32)
+            yield first, torch.from_numpy(block) - self.centre  # (n_q, dim), centred
+
+    @staticmethod
+    def _min_squared(q: torch.Tensor, base_blocks, base_squared: torch.Tensor,
+                     base_rows: int) -> torch.Tensor:
+        """(n_q,) min over the base of |q - b|^2 for centred q and base blocks."""
+        best = torch.full((len(q),), float("inf"))
+        for start, block in zip(range(0, len(base_squared), base_rows), base_blocks):
+            # (n_q, rows): |b|^2 - 2 q.b; |q|^2 is added after the min (constant per row)
+            partial = torch.addmm(base_squared[start:start + len(block)], q, block.T,
+                                  beta=1.0, alpha=-2.0)
+            best = torch.minimum(best, partial.min(dim=1).values)
+        return (best + (q * q).sum(dim=1)).clamp_min(0)
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """float64 (n,): each query's distance to its nearest base row."""
         out = np.empty(len(queries), dtype=np.float64)
         with torch.inference_mode():
-            for start in range(0, len(queries), self.chunk):
-                q = torch.from_numpy(np.ascontiguousarray(
-                    queries[start:start + self.chunk], dtype=np.float32)) - self.centre
-                # (chunk, m): |b|^2 - 2 q.b, then + |q|^2 after the min (it is constant per row)
-                partial = torch.addmm(self.base_squared, q, self.base.T, beta=1.0, alpha=-2.0)
-                squared = partial.min(dim=1).values + (q * q).sum(dim=1)
-                out[start:start + len(q)] = squared.clamp_min(0).sqrt().numpy()
+            for first, q in self._queries(queries):
+                squared = self._min_squared(q, self._blocks(), self.base_squared, self.base_rows)
+                out[first:first + len(q)] = squared.sqrt().numpy()
         return out
+
+    def within(self, queries: np.ndarray, radius: float) -> np.ndarray:
+        """bool (n,): whether each query's nearest base row is closer than `radius`; the same
+        answer as `distances(queries) < radius`."""
+        if self.axes is None:
+            return self.distances(queries) < radius
+        candidates = np.zeros(len(queries), dtype=bool)
+        with torch.inference_mode():
+            for first, q in self._queries(queries):
+                projected = q @ self.axes  # (n_q, k)
+                blocks = (self.projected[s:s + self.base_rows]
+                          for s in range(0, len(self.projected), self.base_rows))
+                bound = self._min_squared(projected, blocks, self.projected_squared,
+                                          self.base_rows)
+                # A margin far above float32 rounding: a query is only ever searched needlessly.
+                candidates[first:first + len(q)] = (bound < radius ** 2 * 1.001).numpy()
+        found = np.zeros(len(queries), dtype=bool)
+        if candidates.any():
+            found[candidates] = self.distances(queries[candidates]) < radius
+        return found
+
+
+def _principal_axes(base: np.ndarray, centre: torch.Tensor, k: int) -> torch.Tensor:
+    """(dim, k) orthonormal leading principal axes of up to 2,048 evenly spaced base rows
+    (randomised SVD from a fixed seed: any orthonormal axes keep the bound valid, these keep it
+    tight, at O(rows * dim * k) cost rather than a full SVD's)."""
+    rows = np.linspace(0, len(base) - 1, min(len(base), 2048)).astype(np.int64)
+    sample = torch.from_numpy(np.asarray(base[rows], dtype=np.float64)) - centre.double()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        _, _, v = torch.svd_lowrank(sample, q=min(k + 10, *sample.shape), niter=2)
+    return v[:, :k].contiguous().float()  # (dim, k)
 
 
 def nearest_distances(queries: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -163,7 +229,7 @@ def nearest_distances(queries: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def _pixels(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1).astype(np.float32)  # (N, C*H*W), 0-255
+    return images.reshape(len(images), -1)  # (N, C*H*W) uint8: a view, converted in blocks
 
 
 def _check_set(what: str, images: np.ndarray) -> None:
@@ -214,19 +280,19 @@ class QualityReference:
         """(feature, pixel) share of samples nearer a train image than tau (module docstring)."""
         if self.train is None:
             return None, None
-        by_features = self._nearest_train["features"].distances(samples.features)
-        by_pixels = self._nearest_train["pixels"].distances(_pixels(samples.images))
-        return (float(np.mean(by_features < self.thresholds["features"])),
-                float(np.mean(by_pixels < self.thresholds["pixels"])))
+        by_features = self._nearest_train["features"].within(samples.features,
+                                                             self.thresholds["features"])
+        by_pixels = self._nearest_train["pixels"].within(_pixels(samples.images),
+                                                         self.thresholds["pixels"])
+        return float(np.mean(by_features)), float(np.mean(by_pixels))
 
     def score(self, samples: np.ndarray | Embedded, *, kid_subsets: int = KID_SUBSETS,
               seed: int = 0) -> dict:
         """The metrics of `samples` against the reference: a dict with `QUALITY_KEYS`."""
-        if not isinstance(samples, Embedded):
-            samples = np.asarray(samples)
-            if tuple(samples.shape[1:]) != self.image_shape:
-                raise UserError(f"samples are {_shape(samples)} but reference images are "
-                                f"{_shape(self.reference.images)}; use one shape")
+        images = samples.images if isinstance(samples, Embedded) else np.asarray(samples)
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise UserError(f"samples are {_shape(images)} but reference images are "
+                            f"{_shape(self.reference.images)}; use one shape")
         samples = self._embedded("the sample set", samples)
         fake, real = samples.features, self.reference.features
         kid_mean, kid_std = kernel_inception_distance(fake, real, subsets=kid_subsets, seed=seed)
