@@ -133,12 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="harness data directory (default $HARNESS_DATA)")
     datasets.set_defaults(func=_cmd_datasets)
 
-    images = "a PNG folder, a uint8 (N, C, H, W) .npy (e.g. cells/<cell>/samples.npy) or " \
-             "DATASET:SPLIT[:N] (e.g. fashion_mnist:test:2000)"
+    images = "a PNG folder, a uint8 (N, C, H, W) .npy or DATASET:SPLIT[:N]"
     quality = sub.add_parser("quality", help="sample-quality metrics (FD, KID, precision/recall, "
                              "density/coverage, memorization) of images against a reference")
-    quality.add_argument("samples", help=images)
-    quality.add_argument("reference", help="real images: " + images)
+    quality.add_argument("samples", help=images + " (e.g. cells/<cell>/samples.npy)")
+    quality.add_argument("reference", help="real images: " + images
+                         + " (e.g. fashion_mnist:test:2000, its first 2,000)")
     quality.add_argument("--train", metavar="IMAGES",
                          help="training images, for the memorization check: " + images)
     quality.add_argument("--features", default="random_cnn", metavar="NAME",
