@@ -1,4 +1,4 @@
-"""`load_images`: folders, `.npy` arrays and `DATASET:SPLIT[:N]`, and one line for each bad input."""
+"""`load_images`: folders, `.npy` arrays and `DATASET:SPLIT[:N]`; one line per bad input."""
 
 from __future__ import annotations
 

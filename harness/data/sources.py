@@ -29,7 +29,8 @@ from harness.data.registry import DATASETS, dataset_names, load_dataset
 from harness.errors import UserError, unknown_name_error
 
 SPLITS = ("train", "validation", "test")
-SPEC_FORMS = "a folder of PNG images, a .npy file of uint8 (N, C, H, W) images, or DATASET:SPLIT[:N]"
+SPEC_FORMS = ("a folder of PNG images, a .npy file of uint8 (N, C, H, W) images, or "
+              "DATASET:SPLIT[:N]")
 # A dataset spec is plain words: no path separator, no file suffix.
 _DATASET_SPEC = re.compile(r"^[A-Za-z0-9_\-]+:[^:/\\]*(:[^:/\\]*)?$")
 
@@ -98,7 +99,7 @@ def _load_npy(path: Path) -> ImageSet:
                         f"axis 1, expected 1 or 3 in (N, C, H, W){layout_hint}")
     if array.shape[0] == 0:
         raise UserError(f"{path}: holds no images (shape {tuple(array.shape)})")
-    images = np.ascontiguousarray(array)  # copies off the memory map
+    images = np.array(array)  # an in-memory, writable copy of the memory map
     return ImageSet(images, index_names(len(images)),
                     f"{path} ({len(images)} images, {_shape_text(images)})")
 
