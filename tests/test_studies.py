@@ -43,7 +43,7 @@ def toy_studies():
         estimate_s=lambda cost, config: cost.n_test * cost.forward_s))
     cell_study = register(Study(
         name="toy_samples", scope="cell", run=_toy_samples, reads=frozenset({SAMPLES}),
-        n_samples=lambda config: 10, estimate_s=lambda cost, config: 0.0))
+        n_samples=lambda config, n_test: 10, estimate_s=lambda cost, config: 0.0))
     needy = register(Study(name="toy_needs", scope="cell", run=lambda c: [{"metric": "never"}],
                            needs=frozenset({TOY_CAPABILITY})))
     yield weights_study, cell_study, needy
@@ -99,7 +99,8 @@ def test_the_plan_shows_each_study_and_the_sample_set(toy_studies):
     cost = StudyCost(n_test=100, forward_s=0.01, pass_s=lambda b: 0.01 * b,
                      sample_call_s=lambda n: 0.5 * n)
     estimates = study_estimates(registry.get("vdvae"), EvalConfig(weights=("raw", "ema"),
-                                                                  iw_k=0, n_grid_samples=4),
+                                                                  iw_k=0, n_grid_samples=4,
+                                                                  quality_samples=0),
                                 cost)
     assert estimates["toy_loss"] == pytest.approx(2 * 100 * 0.01)  # once per weights name
     assert estimates["sample set"] == pytest.approx(0.5 * 10)
@@ -146,3 +147,45 @@ def test_hierarchy_figures_are_saved_for_a_model_with_latents(tmp_path):
     assert np.array_equal(originals, images[:2].numpy())
     assert set(index["figures"]) == {"generation_by_resolution", "fixed_top_resampled_below",
                                      "temperature_sweep", "reconstructions"}
+
+
+def test_sample_quality_rows_floor_and_run_cache(tmp_path):
+    """The quality study scores the sample set and the real-vs-real floor; the train features
+    and the floor are computed once per run (the cache), and a second cell reuses them."""
+    model = _vdvae()
+    images = realish_images(40, size=28, seed=7)
+    train = realish_images(30, size=28, seed=8)
+    config = EvalConfig(batch_size=8, weights=("raw",), iw_k=0, n_grid_samples=0, flops=False,
+                        hierarchy_samples=0, quality_samples=12)
+    cache = tmp_path / "cache"
+    rows = evaluate({"raw": model}, registry.get("vdvae"), images, config, tmp_path / "a",
+                    train_images=train, cache_dir=cache)
+    quality = {(r["metric"], r["quality_set"]): r for r in rows if "quality_set" in r}
+    assert {m for m, _ in quality} >= {"fd", "kid_mean", "precision", "recall", "density",
+                                       "coverage", "memorized_fraction",
+                                       "memorized_fraction_pixels"}
+    assert quality[("fd", "samples")]["n_samples"] == 12
+    assert quality[("fd", "samples")]["n_reference"] == 12
+    assert quality[("fd", "real_vs_real")]["features"] == "random_cnn"
+    # untrained samples are far from real images; real halves are not
+    assert quality[("fd", "samples")]["value"] > 5 * quality[("fd", "real_vs_real")]["value"]
+    cached = sorted(p.name.split("-")[0] for p in (cache / "quality").iterdir())
+    assert cached == ["real", "train"]
+    stamps = {p: p.stat().st_mtime_ns for p in (cache / "quality").iterdir()}
+    again = evaluate({"raw": model}, registry.get("vdvae"), images, config, tmp_path / "b",
+                     train_images=train, cache_dir=cache)
+    assert {p: p.stat().st_mtime_ns for p in (cache / "quality").iterdir()} == stamps
+    floor = [r for r in again if r.get("quality_set") == "real_vs_real"]
+    assert floor == [r for r in rows if r.get("quality_set") == "real_vs_real"]
+
+
+def test_sample_quality_with_too_few_test_images_is_skipped_with_its_reason(tmp_path):
+    config = EvalConfig(batch_size=8, weights=("raw",), iw_k=0, n_grid_samples=0, flops=False,
+                        hierarchy_samples=0, quality_samples=12)
+    rows = evaluate({"raw": _vdvae()}, registry.get("vdvae"), realish_images(12, size=28),
+                    config, tmp_path)
+    assert not [r for r in rows if "quality_set" in r]
+    record = json.loads((tmp_path / STUDIES_FILE).read_text())
+    assert record["sample_quality"]["status"] == "skipped"
+    assert "needs at least 20 test images" in record["sample_quality"]["reason"]
+    assert not (tmp_path / "samples.npy").exists()  # nothing drawn for a skipped study

@@ -127,6 +127,13 @@ class EvalConfig:
     # (0 turns the study off) and test images kept fixed at the top.
     hierarchy_samples: NonNegativeInt = 8
     hierarchy_images: PositiveInt = 4
+    # Sample quality: samples scored against the first min(quality_samples, N_test / 2) test
+    # images (the next as many give the real-vs-real floor); 0 turns the study off. Features:
+    # "random_cnn" (offline, seeded) or "inception" (the standard FID network, from the
+    # weights file `quality_inception_weights`).
+    quality_samples: NonNegativeInt = 1000
+    quality_features: Literal["random_cnn", "inception"] = "random_cnn"
+    quality_inception_weights: str | None = None
 
     def __post_init__(self):
         validate_fields(self, "eval")

@@ -27,7 +27,7 @@ import matplotlib
 from harness.atomic import write_bytes, write_text
 from harness.errors import UserError
 from harness.report import figures as figs
-from harness.report import figures_latents
+from harness.report import figures_latents, quality
 from harness.report.format import Table, markdown_document, to_csv, to_latex
 from harness.report.load import Results, load_results
 from harness.report.overview import Overview, build_overview
@@ -82,6 +82,7 @@ def _figures(results: Results, paired) -> list[figs.Rendered]:
     rendered.append(figs.sampling_throughput(metrics, summary))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "kl_bits_per_dim"))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "active_units"))
+    rendered.append(quality.bits_vs_quality(metrics, summary))
     rendered += figures_latents.hierarchy_figures(results, weights)
     rendered.append(figs.training_curves(
         summary, {name: files.train_log for name, files in results.cells.items()}))
@@ -129,7 +130,9 @@ def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
         summary = summary_table(results.summary)
         published = published_tables()
         others = [t for t in (depth_means_table(results.summary), paired_table(paired),
-                              sampling_table(results.metrics, results.summary)) if t is not None]
+                              sampling_table(results.metrics, results.summary),
+                              quality.quality_table(results.metrics, results.summary))
+                  if t is not None]
         rendered = _figures(results, paired)
         produced = [r for r in rendered if r.figure is not None]
         skipped = [r for r in rendered if r.figure is None]
@@ -159,7 +162,7 @@ def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
 _KNOWN_FIGURES = ("bits_vs_depth", "paired_differences", "bits_vs_params", "sampling_throughput",
                   "kl_per_layer", "active_units_per_layer", "training_curves", "samples",
                   "bits_by_resolution", "generation_by_resolution", "fixed_top_resampled_below",
-                  "temperature_sweep", "reconstructions")
+                  "temperature_sweep", "reconstructions", "bits_vs_sample_quality")
 
 
 def _remove_stale(directory: Path, tables: set[str], figures: set[str]) -> None:

@@ -42,7 +42,8 @@ from harness.experiment.schema import Cell, DataSpec
 from harness.plain import to_plain
 from harness.published import PUBLISHED_CHECKPOINTS, checkpoint_url
 from harness.run.provenance import cell_provenance
-from harness.run.results_folder import CellContext, cell_config_record, read_status, write_status
+from harness.run.results_folder import (CACHE_DIR, CellContext, cell_config_record, read_status,
+                                        write_status)
 from models import registry
 
 
@@ -181,7 +182,8 @@ def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
         evaluated["ema"] = models["ema"].to(throughput.model_device(result.model))
     rows = evaluate(evaluated, family, _first(splits.test, cell.data.test_images),
                     cell.eval, cell_dir,
-                    train_images=_first(splits.train, cell.data.train_images), label=cell.name)
+                    train_images=_first(splits.train, cell.data.train_images), label=cell.name,
+                    cache_dir=cell_dir.parent.parent / CACHE_DIR)
     return rows, result, checkpoint
 
 

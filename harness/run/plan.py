@@ -402,7 +402,7 @@ def study_estimates(family: registry.Family, evaluation, cost: StudyCost) -> dic
     for study in running:
         times = len(evaluation.weights) if study.scope == "weights" else 1
         out[study.name] = times * study.estimate_s(cost, evaluation)
-    n_samples = sample_set_size(running, evaluation)
+    n_samples = sample_set_size(running, evaluation, cost.n_test)
     if n_samples:
         out["sample set"] = cost.sample_call_s(n_samples)
     return out

@@ -27,6 +27,9 @@ from harness.plain import to_plain
 from harness.run import locks
 from models import registry
 
+# Inputs the run's cells share, computed once (e.g. train-set features): RESULTS/.cache/.
+CACHE_DIR = ".cache"
+
 # Config keys that may change between a run and its resumption without changing its results.
 # The speed phase's stopping rule too: a change re-measures the speed (harness.run.speed_phase
 # records the settings it measured with), never the cell.

@@ -11,8 +11,9 @@ from harness.engine.studies import (  # noqa: F401  (each import registers its s
     costs,
     sample_grid,
     hierarchy_figures,
+    sample_quality,
 )
 from harness.engine.studies.base import (  # noqa: F401
     INPUTS, LIKELIHOOD, POSTERIOR_MEANS, SAMPLES, TRAIN_IMAGES, Study, StudyContext, StudyCost,
-    register, registered, unregister,
+    StudySkipped, register, registered, unregister,
 )
