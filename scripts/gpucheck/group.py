@@ -68,8 +68,9 @@ def _ddp_difference(info: distributed.DistInfo, device: torch.device) -> float:
         optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
         module(data).backward()
         optimizer.step()
-    return max(float((a - b).abs().max()) for a, b in zip(model.parameters(),
-                                                          alone.parameters()))
+    with torch.no_grad():
+        return max(float((a - b).abs().max()) for a, b in zip(model.parameters(),
+                                                              alone.parameters()))
 
 
 def run_rank(out: Path, device_type: str) -> None:
