@@ -277,7 +277,7 @@ def test_quick_cpu_run_without_the_missing_packages_reports_each_fault(tmp_path)
     summary = done.stdout.strip().splitlines()[-1]
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "NOT OK: smoke, distributed, sample_images_per_s" in summary, done.stdout[-3000:]
-    assert "every section" not in done.stdout and "estimate" in done.stdout.splitlines()[0]
+    assert "estimate" in done.stdout.splitlines()[0]  # printed before any section ran
     for name in ("peak", "bf16_vs_fp32", "train_images_per_s"):
         assert sections[name]["status"] == "ok" and sections[name]["ok"], sections[name]
     for name in ("tf32", "multi_gpu", "train_compiled"):
