@@ -319,6 +319,9 @@ def test_quick_cpu_run_reports_other_faults_and_a_section_past_its_budget(tmp_pa
     assert ("NOT OK: peak, bf16_vs_fp32, train_images_per_s, sample_images_per_s"
             in done.stdout.strip().splitlines()[-1]), done.stdout[-3000:]
     assert sections["smoke"]["ok"] and sections["distributed"]["ok"]
+    # Without prdc the smoke run leaves the sample-quality study out, and says so.
+    assert any("quality_samples=0" in note and "prdc" in note
+               for note in sections["smoke"]["notes"])
     assert not sections["peak"]["checks"]["bf16_matmul_tflop_per_s_finite"]["held"]
     assert not sections["bf16_vs_fp32"]["checks"]["agrees_with_fp32"]["held"]
     train = sections["train_images_per_s"]
