@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -224,3 +225,60 @@ def test_cancelled_job_fails_and_a_rerun_resubmits_it(slurm_cluster, tmp_path, c
     assert main(["report", str(results), "--out", str(tmp_path / "report")]) == 0
     assert list((tmp_path / "report").glob("*.pdf"))
     assert set(SUMMARY_COLUMNS) >= set(_summary(results)["pixelcnn_s0"])
+
+
+TWO_TASKS = """\
+name: two_tasks
+data: {dataset: fashion_mnist, train_images: 64, test_images: 16}
+models:
+  vdvae: {family: vdvae, preset: fmnist_tiny}
+train: {batch_size: 8, max_steps: 3, warmup_steps: 1, checkpoint_every_steps: 2,
+        log_every_steps: 1, progress: lines, device: cpu}
+eval: {batch_size: 8, iw_k: 2, iw_max_images: 4, sample_batch_size: 2, sample_repeats: 1,
+       sample_warmup: 0, n_grid_samples: 4}
+runner: {threads_per_job: 1, estimate: flops, flops_per_s: 2.0e9, report: false,
+         slurm: {tasks_per_cell: 2, cpus_per_cell: 1, time_min: 10, poll_s: 0.5}}
+"""
+
+
+def _training_figures(results: Path, cell: str) -> dict:
+    """The cell's non-timing figures: its summary row without timing columns, plus the skipped
+    updates of its metrics rows, and the world size its provenance recorded."""
+    rows = read_jsonl(results / "cells" / cell / "metrics.jsonl")
+    provenance = json.loads((results / "cells" / cell / "provenance.json").read_text())
+    return {**_summary(results)[cell],
+            "skipped_updates": [r["value"] for r in rows if r["metric"] == "skipped_updates"],
+            "world_size": provenance["machine"]["world_size"]}
+
+
+@pytest.mark.slow
+def test_a_two_task_cell_on_slurm_gives_the_local_torchrun_summary(slurm_cluster, tmp_path):
+    """A cell of two Slurm tasks (gloo on the CPU: `tasks_per_cell` without GPUs) forms one
+    process group and gives the figures of the same cell under local torchrun, two ranks."""
+    _experiment(tmp_path)  # skips without Fashion-MNIST
+    path = tmp_path / "two_tasks.yaml"
+    path.write_text(TWO_TASKS)
+    slurm_run = _harness("run", str(path), "--results", str(tmp_path / "slurm"),
+                         "--launcher", "slurm")
+    out, _ = slurm_run.communicate(timeout=300)
+    assert slurm_run.returncode == 0, out
+    job = _launch(tmp_path / "slurm", "vdvae_s0")["job_id"]
+    # submitit's per-task logs: the job ran as two tasks.
+    assert sorted(p.name for p in (tmp_path / "slurm" / "slurm" / job).glob("*_log.err")) == \
+        [f"{job}_0_log.err", f"{job}_1_log.err"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    local = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node", "2", "-m", "harness", "run", str(path),
+                            "--results", str(tmp_path / "local"), "--jobs", "1"],
+                           cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+    on_slurm = _training_figures(tmp_path / "slurm", "vdvae_s0")
+    under_torchrun = _training_figures(tmp_path / "local", "vdvae_s0")
+    assert on_slurm["world_size"] == under_torchrun["world_size"] == 2
+    assert on_slurm["status"] == "done" and on_slurm["skipped_updates"] == [0]
+    for column in ("test_bits_per_dim", "test_bits_per_dim_ema", "iw_bits_per_dim", "params",
+                   "steps", "skipped_updates"):
+        assert on_slurm[column] not in ("", None), column
+    assert on_slurm == under_torchrun

@@ -33,7 +33,8 @@ File layout (every section optional except `models`; experiments/smoke.yaml has 
     sampling_speed: {batch_sizes: [1, 16], repeats: 3, warmup: 1}
     runner: {jobs: 2, threads_per_job: null, summary_weights: raw, report: true,
              launcher: local, gpus: null, gpus_per_cell: 1,   # local | slurm; GPU ids
-             slurm: {partition: gpu, gpus_per_cell: 1, cpus_per_cell: 8, mem_gb: 64,
+             slurm: {partition: gpu, gpus_per_cell: 1, tasks_per_cell: null,
+                     cpus_per_cell: 8, mem_gb: 64,
                      time_min: 240, account: null, qos: null, array_parallelism: null,
                      additional: {constraint: a100}}}
     smoke: false                      # `--set smoke=true` shrinks the run to seconds
@@ -168,6 +169,7 @@ class SlurmSpec:
 
     partition: str | None = None                # None: the cluster's default partition
     gpus_per_cell: NonNegativeInt = 0           # > 1: that many tasks of one job, DDP
+    tasks_per_cell: PositiveInt | None = None   # DDP ranks of one job; None: gpus_per_cell or 1
     cpus_per_cell: PositiveInt = 1              # per task
     mem_gb: PositiveFloat | None = None         # per job; None: the partition's default
     time_min: PositiveInt = 60                  # past it Slurm signals, the cell requeues
@@ -179,6 +181,17 @@ class SlurmSpec:
 
     def __post_init__(self):
         validate_fields(self)
+        if (self.tasks_per_cell is not None and self.gpus_per_cell
+                and self.tasks_per_cell != self.gpus_per_cell):
+            raise ValueError(f"tasks_per_cell: each task drives one GPU, so with gpus_per_cell "
+                             f"{self.gpus_per_cell} it must be {self.gpus_per_cell} or unset, "
+                             f"got {self.tasks_per_cell}")
+
+    @property
+    def tasks(self) -> int:
+        """Tasks (data-parallel ranks) of one cell's job: one per GPU, or `tasks_per_cell` on
+        CPUs (gloo)."""
+        return self.tasks_per_cell or max(1, self.gpus_per_cell)
 
 
 @dataclass(frozen=True)

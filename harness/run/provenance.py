@@ -60,6 +60,10 @@ def machine() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(), "cores": available_cores(),
         "torch_threads": torch.get_num_threads(), "python_executable": sys.executable,
     }
+    # The devices this process was given (local launcher, Slurm) and its place in a torchrun
+    # group: where a multi-GPU cell's ranks ran can be read back from its results.
+    info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    info["world_size"] = int(os.environ.get("WORLD_SIZE") or 1)
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

@@ -9,11 +9,32 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.engine import distributed
+from harness.engine.train import resolve_device
+from harness.errors import UserError
 from harness.experiment.schema import Cell
 from harness.run import locks
 from harness.run.cell import run_cell, train_follower
 from harness.run.results_folder import CellContext, read_status, write_status
 from harness.run.results_folder import cell_dir
+
+
+def device_type(cells: list[Cell]) -> str:
+    """The device type ("cuda" or "cpu") a process group running `cells` communicates on: their
+    `train.device` ("auto": CUDA when visible), never merely whether CUDA exists, so a CPU cell
+    under torchrun on a GPU machine all-reduces over gloo. One type for all of them: a group
+    has one backend."""
+    found = {cell.name: resolve_device(cell.train.device).type for cell in cells
+             if cell.train is not None}
+    kinds = sorted(set(found.values()))
+    if len(kinds) > 1:
+        examples = ", ".join(f"{next(n for n, k in found.items() if k == kind)} on {kind}"
+                             for kind in kinds)
+        raise UserError(f"under torchrun every cell runs in one process group, so train.device "
+                        f"must give one device type for all of them ({examples}); set "
+                        "train.device once for the experiment")
+    if kinds:
+        return kinds[0]
+    return resolve_device("auto").type
 
 
 def run_on_ranks(cell: Cell, context: CellContext, root: Path, info: distributed.DistInfo,

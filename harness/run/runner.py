@@ -33,10 +33,10 @@ from harness.errors import UserError
 from harness.experiment.load import load_experiment
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.report import build_report
-from harness.run import locks, speed_phase
+from harness.run import locks, ranks, speed_phase
 from harness.run.cell import check_checkpoints, load_splits, missing_inputs
 from harness.run.console import quiet, say
-from harness.run.launchers import gpus, local, slurm_follow
+from harness.run.launchers import gpus, local
 from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (CellContext, cell_dir, check_resumable,
@@ -169,7 +169,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         if jobs != 1:
             raise UserError(f"under torchrun ({info.world_size} processes) cells run one at a "
                             "time on all ranks; use --jobs 1")
-        distributed.setup("cuda" if torch.cuda.is_available() else "cpu")
+        distributed.setup(ranks.device_type(cells))  # by train.device, not by CUDA's presence
         if not info.is_main:
             quiet()  # only rank 0 talks
     root = Path(results_dir) if results_dir is not None else default_results_dir(experiment)
@@ -236,6 +236,10 @@ def run_experiment(path: Path, results_dir: Path | None = None,
     if launcher == "slurm":
         if info.enabled:
             raise UserError("--launcher slurm submits jobs: run it once, not under torchrun")
+        # Here, not at the top: submitit is needed only to submit, and a machine without it
+        # (a GPU box running the local launcher) still runs everything else.
+        from harness.run.launchers import slurm_follow
+
         followed = slurm_follow.run_on_slurm(experiment, pending, context, root, cells, wait,
                                              runnable)
         if followed is None:

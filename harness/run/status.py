@@ -15,9 +15,8 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.run import locks
-from harness.run.results_folder import read_speed, read_status
-from harness.run.launchers import slurm
-from harness.run.results_folder import cell_dir
+from harness.run.launchers.cell_task import read_launch
+from harness.run.results_folder import cell_dir, read_speed, read_status
 
 STATES = ("pending", "running", "done", "failed")
 SPEED_STATES = ("-", "queued", "timing", "timed", "failed")
@@ -63,12 +62,16 @@ def cell_states(root: Path) -> list[dict]:
     Slurm state, last log line."""
     plan = _read_plan(root)
     names, timed = _cell_names(plan), _timed_cells(plan)
-    launches = {name: slurm.read_launch(cell_dir(root, name)) for name in names}
+    launches = {name: read_launch(cell_dir(root, name)) for name in names}
     job_ids = sorted({str(r["job_id"]) for r in launches.values() if r.get("job_id")})
-    try:
-        live = slurm.job_states(job_ids) if job_ids else {}
-    except UserError:  # no Slurm commands here (e.g. a copied results folder): files only
-        live = None
+    slurm = live = None
+    if job_ids:  # a submitted run; a local one needs neither Slurm nor submitit
+        from harness.run.launchers import slurm  # here: only submitted runs need submitit
+
+        try:
+            live = slurm.job_states(job_ids)
+        except UserError:  # no Slurm commands here (e.g. a copied results folder): files only
+            live = None
     rows = []
     for name in names:
         status = read_status(cell_dir(root, name))
@@ -76,15 +79,18 @@ def cell_states(root: Path) -> list[dict]:
         job_id = str(launch["job_id"]) if launch.get("job_id") else None
         slurm_state = (live or {}).get(job_id) if job_id else None
         state = status.get("status") if status.get("status") in STATES else "pending"
-        if (job_id and live is not None and slurm_state not in slurm.ACTIVE_STATES
-                and state not in ("done", "failed")):
-            settled = slurm.settle(root, slurm.submitted_from_record(name, launch), slurm_state)
-            state = settled.get("status") if settled else "running"
-        elif slurm_state == "RUNNING" and state == "pending":
-            state = "running"
-        # The cell's own output (training progress, errors) is on stderr; submitit's on stdout.
-        last = (slurm.log_tail(launch.get("stderr"), lines=1, skip_prefix="submitit ")
-                or slurm.log_tail(launch.get("stdout"), lines=1, skip_prefix="submitit "))
+        last = ""
+        if job_id and slurm is not None:
+            if (live is not None and slurm_state not in slurm.ACTIVE_STATES
+                    and state not in ("done", "failed")):
+                settled = slurm.settle(root, slurm.submitted_from_record(name, launch),
+                                       slurm_state)
+                state = settled.get("status") if settled else "running"
+            elif slurm_state == "RUNNING" and state == "pending":
+                state = "running"
+            # The cell's own output (progress, errors) is on stderr; submitit's on stdout.
+            last = (slurm.log_tail(launch.get("stderr"), lines=1, skip_prefix="submitit ")
+                    or slurm.log_tail(launch.get("stdout"), lines=1, skip_prefix="submitit "))
         rows.append({"cell": name, "state": state,
                      "speed": _speed_state(cell_dir(root, name), name in timed, state),
                      "job_id": job_id, "slurm_state": slurm_state, "last_log_line": last})

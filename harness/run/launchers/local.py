@@ -25,7 +25,7 @@ from harness.run.cell import run_cell
 from harness.run.results_folder import CellContext, read_status
 from harness.run.console import outcome, say
 from harness.run.launchers import gpus
-from harness.run.launchers.slurm_job import CellJob
+from harness.run.launchers.cell_task import CellTask
 from harness.run.plan import fmt_duration
 from harness.run.ranks import run_on_ranks
 from harness.run.results_folder import cell_dir, rebuild_shared_files
@@ -113,7 +113,7 @@ class _Torchrun:
                  devices: tuple[int, ...], threads: int):
         job_file = cell_dir(root, cell.name) / "torchrun_job.pkl"
         job_file.parent.mkdir(parents=True, exist_ok=True)
-        job = CellJob(context=context, root=str(root.resolve()), cells=tuple(summary_cells),
+        job = CellTask(context=context, root=str(root.resolve()), cells=tuple(summary_cells),
                       summary_weights=weights)
         atomic.write_bytes(job_file, pickle.dumps((job, cell)))
         env = {**os.environ, **gpus.cuda_env(devices), "OMP_NUM_THREADS": str(threads)}

@@ -115,7 +115,7 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, skip_prefix: str | N
 
 def _executor(root: Path, spec: SlurmSpec, job_name: str) -> submitit.SlurmExecutor:
     executor = submitit.SlurmExecutor(folder=root / "slurm" / "%j")
-    tasks = max(1, spec.gpus_per_cell)
+    tasks = spec.tasks  # > 1: one process group of that many ranks (CellTask.run_distributed)
     code_root = Path(harness.__file__).resolve().parents[1]
     parameters = {
         "job_name": job_name,
@@ -190,7 +190,7 @@ def submit_speed_phase(cells: list[Cell], context: CellContext, root: Path, spec
     every job in `after` has ended (`--dependency=afterany`); record it in the results folder."""
     root = root.resolve()
     one_task = dataclasses.replace(spec, gpus_per_cell=min(1, spec.gpus_per_cell),
-                                   array_parallelism=None)
+                                   tasks_per_cell=None, array_parallelism=None)
     executor = _executor(root, one_task, job_name)
     if after:
         executor.update_parameters(additional_parameters={

@@ -6,9 +6,10 @@ requeues the same call, and the trainer resumes from the newest checkpoint in th
 (bit for bit, harness.engine.train), so a requeued cell ends with the same result as an
 uninterrupted one. A job requeued from outside (`scontrol requeue`) resumes the same way.
 
-A cell with several tasks (runner.slurm.gpus_per_cell > 1) runs the torchrun code path: the
-tasks form one process group from Slurm's variables, rank 0 holds the lock, trains with the
-others, evaluates and writes every file; the other ranks train and wait.
+A cell with several tasks (runner.slurm.tasks_per_cell, or gpus_per_cell > 1) runs the torchrun
+code path (`CellTask.run_distributed`): the tasks form one process group from Slurm's variables,
+on the device the cell trains on, rank 0 holds the lock, trains with the others, evaluates and
+writes every file; the other ranks train and wait.
 """
 
 from __future__ import annotations
@@ -20,28 +21,21 @@ from pathlib import Path
 import submitit
 import torch
 
-from harness import atomic
-from harness.engine import distributed
 from harness.contract import LAUNCH_FILE
 from harness.experiment.schema import Cell
 from harness.run import locks
 from harness.run.cell import run_cell
-from harness.run.results_folder import CellContext, read_status, write_status
-from harness.run.ranks import run_on_ranks
-from harness.run.results_folder import cell_dir, rebuild_shared_files
+from harness.run.launchers.cell_task import HELD_ELSEWHERE, CellTask, read_launch, record_job
+from harness.run.results_folder import CellContext, cell_dir, read_status, rebuild_shared_files
 from harness.run.speed_phase import run_speed_phase
 
-
-# What a job returns (submitit pickles it; the runner reads status.json, not this).
-HELD_ELSEWHERE = "held elsewhere"
+__all__ = ["HELD_ELSEWHERE", "LAUNCH_FILE", "CellJob", "SpeedPhaseJob", "read_launch",
+           "record_job"]
 
 
 @dataclass
-class CellJob(submitit.helpers.Checkpointable):
-    context: CellContext
-    root: str
-    cells: tuple[Cell, ...]      # every cell of the experiment: the job rebuilds summary.csv
-    summary_weights: str
+class CellJob(CellTask, submitit.helpers.Checkpointable):
+    """A `CellTask` that submitit pickles and calls on the compute node with one `Cell`."""
 
     def __call__(self, cell: Cell) -> str:
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
@@ -64,26 +58,6 @@ class CellJob(submitit.helpers.Checkpointable):
         rebuild_shared_files(root, list(self.cells), self.summary_weights)
         return str(status.get("status"))
 
-    def run_distributed(self, cell: Cell) -> str:
-        """Every rank of a torchrun-style process group (RANK, WORLD_SIZE, MASTER_ADDR in the
-        environment) runs this: rank 0 claims the lock, trains, evaluates and writes."""
-        root = Path(self.root)
-        info = distributed.setup("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            return self._ranks(cell, root, info)
-        finally:
-            distributed.teardown()
-
-    def _ranks(self, cell: Cell, root: Path, info) -> str:
-        record = record_job if locks.slurm_job_id() is not None else None
-        status = run_on_ranks(cell, self.context, root, info, after_run=record)
-        if status is None:
-            return HELD_ELSEWHERE
-        if not info.is_main:
-            return "follower"
-        rebuild_shared_files(root, list(self.cells), self.summary_weights)
-        return str(status.get("status"))
-
 
 @dataclass
 class SpeedPhaseJob(submitit.helpers.Checkpointable):
@@ -103,15 +77,3 @@ class SpeedPhaseJob(submitit.helpers.Checkpointable):
                                  list(self.summary_cells), self.summary_weights,
                                  wait_for_others_s=0)  # the array has ended: nothing to wait for
         return "failed: " + ", ".join(failed) if failed else "done"
-
-
-def record_job(directory: Path) -> None:
-    """Add this job's id and log path to the cell's status.json (the cell's own fields kept)."""
-    status = read_status(directory)
-    launch = read_launch(directory)
-    write_status(directory, **{**status, "slurm_job_id": locks.slurm_job_id(),
-                               "log": launch.get("stdout")})
-
-
-def read_launch(directory: Path) -> dict:
-    return atomic.read_json_object(Path(directory) / LAUNCH_FILE)

@@ -1,6 +1,6 @@
 """`python -m torch.distributed.run ... -m harness.run.launchers.torchrun_cell JOB_FILE`: one
 cell on every local rank, the runner's `gpus_per_cell > 1` path. JOB_FILE holds the pickled
-(CellJob, Cell) the runner wrote; every rank runs CellJob.run_distributed, the code a
+(CellTask, Cell) the runner wrote; every rank runs CellTask.run_distributed, the code a
 multi-task Slurm job runs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pickle
 import sys
 from pathlib import Path
 
-from harness.run.launchers.slurm_job import HELD_ELSEWHERE
+from harness.run.launchers.cell_task import HELD_ELSEWHERE
 from harness.run.locks import EXIT_LOCKED
 
 
