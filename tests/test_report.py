@@ -16,6 +16,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +30,10 @@ from harness.report.load import load_results
 TESTS = Path(__file__).resolve().parent
 GOLDEN = TESTS / "golden" / "report_summary.md"
 
+
+# Pages of the tables after the summary: depth means, paired differences, sampling speed,
+# sample quality.
+TABLE_PAGES = 2
 
 def _load_builder():
     spec = importlib.util.spec_from_file_location(
@@ -145,18 +151,20 @@ def test_latex_tables_have_every_row(built):
 def test_pdf_has_title_table_and_figure_pages(built):
     _, report = built
     assert report.pdf.name == "fixture_sweep.pdf" and report.pdf.read_bytes()[:5] == b"%PDF-"
-    # 1 title page + summary beside published numbers + 2 pages of the other three tables
-    # (the sampling table has a row per sampler and resolution) + 8 figures (depth, paired,
-    # params, sampling, KL, active units, training, samples).
-    assert report.page_count == 12
-    assert _pdf_pages(report.pdf) == 12
+    # 1 title page + summary beside published numbers + the pages of the other four tables
+    # (depth means, paired, sampling, sample quality) + 14 figures (depth, paired, params,
+    # sampling, KL, active units, sample quality, bits by resolution, four hierarchy figures,
+    # training, samples).
     assert report.skipped == {}
+    assert report.page_count == _pdf_pages(report.pdf) == 2 + TABLE_PAGES + 14
 
 
 def test_figures_are_written_as_png(built):
     _, report = built
     expected = {"bits_vs_depth", "paired_differences", "bits_vs_params", "sampling_throughput",
-                "kl_per_layer", "active_units_per_layer", "training_curves", "samples"}
+                "kl_per_layer", "active_units_per_layer", "training_curves", "samples",
+                "bits_vs_sample_quality", "bits_by_resolution", "generation_by_resolution",
+                "fixed_top_resampled_below", "temperature_sweep", "reconstructions"}
     assert set(report.figures) == expected
     for path in report.figures.values():
         data = path.read_bytes()
@@ -189,7 +197,10 @@ def test_missing_data_is_skipped_with_notes_and_stale_figures_removed(built, tmp
         "Paired difference vs the deepest model, same test images",
         "Sampling throughput vs resolution",
         "KL per top-down layer (bits/dim): which layers carry information",
-        "Active latent units per top-down layer", "Training loss (bits/dim) vs step", "Samples"}
+        "Active latent units per top-down layer", "Training loss (bits/dim) vs step", "Samples",
+        "Likelihood vs sample quality", "Where the rate goes: KL share by resolution",
+        "Generation by resolution", "Posterior latents kept up to a resolution, the rest redrawn",
+        "Samples at reduced latent temperature", "Test images and their reconstructions"}
     assert "no depth sweep" in report.skipped["Test bits/dim vs effective stochastic depth"]
     # title + summary/published + depth-means table + 1 figure
     assert report.page_count == 4 == _pdf_pages(report.pdf)
