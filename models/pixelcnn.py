@@ -371,7 +371,7 @@ class GatedPixelCNN(nn.Module):
 
 
 FAMILY = registry.register(registry.Family(
-    name="pixelcnn", config_cls=GatedPixelCNNConfig, model_cls=GatedPixelCNN, presets=PRESETS,
+    name="pixelcnn", display_name="Gated PixelCNN", config_cls=GatedPixelCNNConfig, model_cls=GatedPixelCNN, presets=PRESETS,
     image_shape=lambda c: (c.image_channels, c.image_size, c.image_size),
     samplers=(registry.Sampler("naive", {"method": "naive"}),
               registry.Sampler("cached", {"method": "cached"})),

@@ -78,6 +78,8 @@ class Family:
     # checked every key and shape against the model); None: `model.load_state_dict(strict=True)`.
     load_weights: Callable[[Any, dict], None] | None = None
     reference_presets: tuple[str, ...] = ()
+    # How reports name the family ("Gated PixelCNN"); default: `name`.
+    display_name: str = ""
 
     def __post_init__(self):
         assert dataclasses.is_dataclass(self.config_cls), self.config_cls
@@ -85,6 +87,10 @@ class Family:
         assert (self.size_field is None) == (self.solve_size is None), self.name
         assert all(isinstance(c, str) and c for c in self.capabilities), self.capabilities
         assert set(self.reference_presets) <= set(self.presets), self.name
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities

@@ -313,7 +313,7 @@ class VDVAE(nn.Module):
 
 
 FAMILY = registry.register(registry.Family(
-    name="vdvae", config_cls=VDVAEConfig, model_cls=VDVAE, presets=PRESETS,
+    name="vdvae", display_name="VDVAE", config_cls=VDVAEConfig, model_cls=VDVAE, presets=PRESETS,
     image_shape=lambda c: (c.image_channels, c.image_size, c.image_size),
     samplers=(registry.Sampler("ancestral", {"temperature": 1.0}, temperature=True),),
     size_field="width", solve_size=width_for_param_budget,

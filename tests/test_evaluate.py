@@ -13,7 +13,9 @@ from tiny_models import (TINY_AUTOREGRESSIVE, TINY_VAE, TinyAutoregressive, Tiny
 
 from harness.errors import UserError
 from harness.engine.config import EvalConfig
-from harness.engine.evaluate import evaluate, image_grid, sampling_speed_rows
+from harness.engine.artifacts import image_grid
+from harness.engine.evaluate import evaluate
+from harness.engine.sampling import sampling_speed_rows
 from models.likelihoods import nats_to_bits
 
 FAST = dict(batch_size=5, sample_batch_size=4, sample_repeats=2, sample_warmup=1,
@@ -150,7 +152,7 @@ def test_active_units_come_from_the_elbo_pass_itself(tmp_path):
 
 
 def test_latent_moments_match_the_population_variance_of_the_first_images():
-    from harness.engine.evaluate import LatentMoments
+    from harness.engine.passes import LatentMoments
 
     generator = torch.Generator().manual_seed(3)
     means = [torch.randn(11, 2, 3, 3, generator=generator) * torch.rand(2, 3, 3,

@@ -115,11 +115,15 @@ def test_csv_tables_hold_the_rows(built):
     assert published.loc["VDVAE", "CIFAR-10"] == 2.87
     codecs = pd.read_csv(tables / "published_codecs.csv").set_index("codec")
     assert codecs.loc["WebP lossless", "CIFAR-10"] == 4.61
-    sampling = pd.read_csv(tables / "sampling_speed.csv").set_index("image_size")
-    assert list(sampling.index) == [14, 28, 56]  # 56: the sampling-speed cells
-    assert sampling.loc[56, "ratio_vs_naive"] == pytest.approx(210.0 / 0.03)
-    assert sampling.loc[28, "ratio_vs_naive"] == pytest.approx(850.0 / 0.5)
-    assert sampling.loc[28, "ratio_vs_cached"] == pytest.approx(850.0 / 12.0)
+    sampling = pd.read_csv(tables / "sampling_speed.csv")
+    assert sorted(set(sampling["image_size"])) == [14, 28, 56]  # 56: the sampling-speed cells
+    speedup = {(int(r.image_size), r.model_label, r.method): r.fastest_speedup
+               for r in sampling.itertuples()}
+    assert speedup[(56, "Gated PixelCNN", "naive")] == pytest.approx(210.0 / 0.03)
+    assert speedup[(28, "Gated PixelCNN", "naive")] == pytest.approx(850.0 / 0.5)
+    assert speedup[(28, "Gated PixelCNN", "cached")] == pytest.approx(850.0 / 12.0)
+    assert speedup[(28, "VDVAE", "ancestral")] == pytest.approx(1.0)
+    assert set(sampling.loc[sampling["image_size"] == 28, "fastest"]) == {"VDVAE ancestral"}
     means = pd.read_csv(tables / "depth_means.csv").set_index("effective_depth")
     assert means.loc[14, "n_seeds"] == 2
     assert means.loc[14, "mean_test_bits_per_dim"] == pytest.approx(
@@ -141,10 +145,11 @@ def test_latex_tables_have_every_row(built):
 def test_pdf_has_title_table_and_figure_pages(built):
     _, report = built
     assert report.pdf.name == "fixture_sweep.pdf" and report.pdf.read_bytes()[:5] == b"%PDF-"
-    # 1 title page + summary beside published numbers + 1 page of the other three tables
-    # + 8 figures (depth, paired, params, sampling, KL, active units, training, samples).
-    assert report.page_count == 11
-    assert _pdf_pages(report.pdf) == 11
+    # 1 title page + summary beside published numbers + 2 pages of the other three tables
+    # (the sampling table has a row per sampler and resolution) + 8 figures (depth, paired,
+    # params, sampling, KL, active units, training, samples).
+    assert report.page_count == 12
+    assert _pdf_pages(report.pdf) == 12
     assert report.skipped == {}
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from harness.atomic import read_jsonl
 from harness.cli import main
+from harness.report.rows_diff import diff_rows
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -38,3 +39,25 @@ def test_smoke_experiment_end_to_end(tmp_path, capsys):
     methods = {r.get("method") for r in metrics if r["metric"] == "sample_images_per_s"}
     assert {"ancestral", "naive", "cached"} <= methods
     assert [p.name for p in results.glob("*.pdf")] == ["smoke.pdf"]
+    # Every non-timing row equals the golden rows (made by the tree before evaluation became
+    # studies, commit af79517, and unchanged since): float rounding across CPU kinds, no more.
+    golden = read_jsonl(REPO / "tests" / "golden" / "rows_smoke.jsonl")
+    fresh = [{k: v for k, v in row.items() if k != "experiment"} for row in metrics]
+    assert diff_rows(golden, fresh, rtol=1e-5, atol=1e-9) == []
+
+
+def test_rows_diff_reports_each_kind_of_difference():
+    """The golden comparison's failure path: a changed value, a missing and an extra row."""
+    base = [{"metric": "test_bits_per_dim", "cell": "a", "value": 3.5},
+            {"metric": "params", "cell": "a", "value": 10},
+            {"metric": "eval_images_per_s", "cell": "a", "value": 100.0}]
+    assert diff_rows(base, base) == []
+    timing_changed = [dict(r, value=1.0) if r["metric"] == "eval_images_per_s" else r
+                      for r in base]
+    assert diff_rows(base, timing_changed) == []  # timing rows are not compared
+    changed = [dict(r, value=3.6) if r["metric"] == "test_bits_per_dim" else r for r in base]
+    assert len(diff_rows(base, changed, rtol=1e-5)) == 1
+    assert diff_rows(base, [dict(base[0], value=3.5 * (1 + 1e-7))] + base[1:], rtol=1e-5) == []
+    lines = diff_rows(base, base[:1] + [{"metric": "kl_bits_per_dim", "cell": "a", "value": 1}])
+    assert any(line.startswith("only before") for line in lines)
+    assert any(line.startswith("only after") for line in lines)

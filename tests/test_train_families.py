@@ -11,7 +11,8 @@ from tiny_models import realish_images
 
 from harness import atomic
 from harness.engine.config import EvalConfig, TrainConfig
-from harness.engine.evaluate import evaluate, sampling_speed_rows
+from harness.engine.evaluate import evaluate
+from harness.engine.sampling import sampling_speed_rows
 from harness.engine.train import train
 from models import registry
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from harness.engine import budget, checkpoint, distributed, throughput
 from harness.engine.config import TRAJECTORY_FIELDS, TrainConfig
-from harness.engine.evaluate import as_image_set, sharded_bits_per_dim
+from harness.engine.passes import as_image_set, sharded_bits_per_dim
 from harness.engine.progress import LoopState, Reporter
 from harness.engine.schedule import EMA, lr_at_update
 from harness.errors import UserError

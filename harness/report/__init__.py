@@ -77,7 +77,7 @@ def _figures(results: Results, paired) -> list[figs.Rendered]:
                     figure.figure.axes[0].set_title(
                         figure.figure.axes[0].get_title() + f" ({dataset})")
             rendered.append(figure)
-    rendered.append(figs.sampling_throughput(metrics))
+    rendered.append(figs.sampling_throughput(metrics, summary))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "kl_bits_per_dim"))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "active_units"))
     rendered.append(figs.training_curves(
@@ -126,7 +126,7 @@ def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
         summary = summary_table(results.summary)
         published = published_tables()
         others = [t for t in (depth_means_table(results.summary), paired_table(paired),
-                              sampling_table(results.metrics)) if t is not None]
+                              sampling_table(results.metrics, results.summary)) if t is not None]
         rendered = _figures(results, paired)
         produced = [r for r in rendered if r.figure is not None]
         skipped = [r for r in rendered if r.figure is None]

@@ -19,7 +19,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.report.format import fmt_fixed, fmt_percent, fmt_ratio
-from harness.report.tables import model_name, sampling_rows, sort_cells, speed_ratios
+from harness.report import roles
+from harness.report.tables import sampling_rows, sort_cells, speed_ratios
 
 FIGSIZE = (7.5, 4.6)
 STYLE = {
@@ -69,21 +70,18 @@ def _weights_label(values) -> str:
         f"weights: mixed ({', '.join(kinds)}; see the summary table)"
 
 
-def _done(summary: pd.DataFrame, model: str) -> pd.DataFrame:
-    return summary[(summary["model"] == model) & summary["test_bits_per_dim"].notna()]
-
-
 def _reference_lines(ax, summary: pd.DataFrame, plotted: list[float]) -> list[str]:
-    """PixelCNN and codec cells as horizontal lines; codecs only when near the plotted range.
-    Returns notes for codecs left off."""
+    """Models without an effective depth and codec cells as horizontal lines; codecs only when
+    near the plotted range. Returns notes for codecs left off."""
     notes = []
-    for _, row in _done(summary, "pixelcnn").iterrows():
+    others = roles.other_models(summary)
+    for (_, row), label in zip(others.iterrows(), roles.labels(others)):
         ax.axhline(row["test_bits_per_dim"], color="black", linestyle="--", linewidth=1,
-                   label=f"Gated PixelCNN {row['cell']} ({fmt_fixed(row['test_bits_per_dim'])})")
+                   label=f"{label} {row['cell']} ({fmt_fixed(row['test_bits_per_dim'])})")
         plotted = plotted + [row["test_bits_per_dim"]]
     low, high = min(plotted), max(plotted)
     span = max(high - low, 0.1)
-    for index, (_, row) in enumerate(_done(summary, "codec").iterrows()):
+    for index, (_, row) in enumerate(roles.codecs(summary).iterrows()):
         value = row["test_bits_per_dim"]
         if low - 2 * span <= value <= high + 2 * span:
             ax.axhline(value, color="0.5", linestyle=CODEC_STYLES[index % len(CODEC_STYLES)],
@@ -96,42 +94,42 @@ def _reference_lines(ax, summary: pd.DataFrame, plotted: list[float]) -> list[st
 
 def bits_vs_depth(summary: pd.DataFrame, suffix: str = "") -> Rendered:
     name, title = f"bits_vs_depth{suffix}", "Test bits/dim vs effective stochastic depth"
-    vdvae = _done(summary, "vdvae")
-    vdvae = vdvae[vdvae["effective_depth"].notna()]
-    if vdvae["effective_depth"].nunique() < 2:
-        return skipped(name, title, "needs VDVAE test bits/dim at two or more effective depths "
+    swept_cells = roles.evaluated(roles.depth_cells(summary))
+    if swept_cells["effective_depth"].nunique() < 2:
+        return skipped(name, title, "needs test bits/dim at two or more effective depths "
                                     "(no depth sweep in these results)")
+    swept = roles.depth_label(summary)
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
-    seeds = sorted(vdvae["seed"].fillna(0).astype(int).unique())
+    seeds = sorted(swept_cells["seed"].fillna(0).astype(int).unique())
     for index, seed in enumerate(seeds):
-        rows = vdvae[vdvae["seed"].fillna(0).astype(int) == seed].sort_values("effective_depth")
+        rows = swept_cells[swept_cells["seed"].fillna(0).astype(int) == seed].sort_values("effective_depth")
         jitter = 1.0 + 0.04 * (index - (len(seeds) - 1) / 2)  # separate seeds on a log axis
         ax.errorbar(rows["effective_depth"] * jitter, rows["test_bits_per_dim"],
                     yerr=rows["test_bits_per_dim_ci95"].fillna(0), capsize=3, linestyle="none",
                     marker=SEED_MARKERS[index % len(SEED_MARKERS)], markersize=5, alpha=0.8,
-                    label=f"VDVAE seed {seed}")
-    means = vdvae.groupby("effective_depth")["test_bits_per_dim"].mean()
+                    label=f"{swept} seed {seed}")
+    means = swept_cells.groupby("effective_depth")["test_bits_per_dim"].mean()
     ax.plot(means.index, means.values, color="black", marker="_", markersize=14, linewidth=1.2,
             label="mean over seeds")
-    notes = _reference_lines(ax, summary, list(vdvae["test_bits_per_dim"]))
+    notes = _reference_lines(ax, summary, list(swept_cells["test_bits_per_dim"]))
     _log2_depth_axis(ax, means.index)
     ax.set_xlabel("effective stochastic depth G (groups of top-down layers)")
     ax.set_ylabel("test bits/dim (± 95% CI over images)")
     ax.set_title(title)
     _legend_right(ax)
-    caption = (f"{_weights_label(vdvae['weights'])}. Points: one cell each (seeds offset "
+    caption = (f"{_weights_label(swept_cells['weights'])}. Points: one cell each (seeds offset "
                "sideways); line: mean over seeds; unpaired CIs overstate the uncertainty of "
                "differences, see the paired figure. " + "; ".join(notes))
     _finish(fig, caption)
-    return Rendered(name, title, fig, caption, _weights_label(vdvae["weights"]))
+    return Rendered(name, title, fig, caption, _weights_label(swept_cells["weights"]))
 
 
 def paired_differences(paired: pd.DataFrame, weights: str | None, suffix: str = "") -> Rendered:
     name = f"paired_differences{suffix}"
     title = "Paired difference vs the deepest model, same test images"
     if not len(paired):
-        return skipped(name, title, "needs per-image test bits/dim of two or more VDVAE depths "
+        return skipped(name, title, "needs per-image test bits/dim of two or more depths "
                                     "(cells/<cell>/per_image_test_bits_per_dim_<weights>.npy)")
     if weights not in set(paired["weights"]):
         weights = sorted(paired["weights"])[0]
@@ -175,44 +173,58 @@ def paired_differences(paired: pd.DataFrame, weights: str | None, suffix: str = 
 
 def bits_vs_params(summary: pd.DataFrame, suffix: str = "") -> Rendered:
     name, title = f"bits_vs_params{suffix}", "Test bits/dim vs parameters"
-    models = summary[summary["model"].isin(["vdvae", "pixelcnn"])
-                     & summary["test_bits_per_dim"].notna() & summary["params"].notna()]
+    models = roles.evaluated(summary[~roles.is_codec(summary) & summary["params"].notna()])
     if not len(models):
         return skipped(name, title, "no model cell has both test bits/dim and a parameter count")
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
-    vdvae = models[models["model"] == "vdvae"]
-    depths = sorted(vdvae["effective_depth"].dropna().unique())
+    names = roles.labels(models)
+    depths = sorted(models["effective_depth"].dropna().unique())
     colors = _depth_colors(depths)
-    for index, depth in enumerate(depths):
-        rows = vdvae[vdvae["effective_depth"] == depth]
-        jitter = 1.0 + 0.015 * (index - (len(depths) - 1) / 2)  # depths share their params
-        ax.errorbar(rows["params"] * jitter, rows["test_bits_per_dim"],
-                    yerr=rows["test_bits_per_dim_ci95"].fillna(0), linestyle="none", marker="o",
-                    capsize=3, color=colors[depth], label=f"VDVAE G={int(depth)}")
-    pixelcnn = models[models["model"] == "pixelcnn"]
-    if len(pixelcnn):
-        ax.errorbar(pixelcnn["params"], pixelcnn["test_bits_per_dim"],
-                    yerr=pixelcnn["test_bits_per_dim_ci95"].fillna(0), linestyle="none",
-                    marker="s", capsize=3, color="black", label="Gated PixelCNN")
-    codecs = summary[(summary["model"] == "codec") & summary["test_bits_per_dim"].notna()]
+    # Cells sharing a parameter count (a depth sweep at fixed parameters) are spread by a small
+    # multiplicative offset in a fixed order, deepest last; the tick marks the true count.
+    groups = list(models.groupby(["params"], sort=True))
+    for (params,), group in groups:
+        members = group.sort_values(["effective_depth", "seed"], na_position="last")
+        n = len(members)
+        for index, (row_index, row) in enumerate(members.iterrows()):
+            offset = 1.0 + 0.01 * (index - (n - 1) / 2) if n > 1 else 1.0
+            depth = row["effective_depth"]
+            swept = not pd.isna(depth)
+            label = (f"{names[row_index]} G={int(depth)}" if swept else
+                     f"{names[row_index]} {row['cell']}")
+            ax.errorbar([row["params"] * offset], [row["test_bits_per_dim"]],
+                        yerr=[0.0 if pd.isna(row["test_bits_per_dim_ci95"])
+                              else row["test_bits_per_dim_ci95"]], linestyle="none",
+                        marker="o" if swept else "s", capsize=3,
+                        color=colors[depth] if swept else "black", label=label)
+    handles, legend_labels = ax.get_legend_handles_labels()
+    unique = dict(zip(legend_labels, handles))
+    codecs = roles.codecs(summary)
     notes = []
     plotted = list(models["test_bits_per_dim"])
     span = max(max(plotted) - min(plotted), 0.1)
     for index, (_, row) in enumerate(codecs.iterrows()):
         if min(plotted) - 2 * span <= row["test_bits_per_dim"] <= max(plotted) + 2 * span:
-            ax.axhline(row["test_bits_per_dim"], color="0.5", linewidth=1,
-                       linestyle=CODEC_STYLES[index % len(CODEC_STYLES)],
-                       label=f"codec {row['cell']} (no parameters)")
+            line = ax.axhline(row["test_bits_per_dim"], color="0.5", linewidth=1,
+                              linestyle=CODEC_STYLES[index % len(CODEC_STYLES)])
+            unique[f"codec {row['cell']} (no parameters)"] = line
         else:
             notes.append(f"codec {row['cell']} off scale")
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
+    ticks = sorted({int(p) for p in models["params"]})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:,}" for t in ticks], rotation=30, ha="right")
+    ax.minorticks_off()
+    ax.margins(x=0.3)
+    ax.set_xlabel("parameters (cells with the same count are spread ±1% around its tick)")
     ax.set_ylabel("test bits/dim (± 95% CI)")
     ax.set_title(title)
-    _legend_right(ax)
+    ax.legend(list(unique.values()), list(unique.keys()), loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     caption = (f"{_weights_label(models['weights'])}. The depth ablation holds parameters "
-               "fixed, so VDVAE depths share one x position (offset slightly to stay visible). " + "; ".join(notes))
+               "fixed, so depths share one parameter count; they are drawn side by side in "
+               "order of depth around its tick, which gives the exact count. " + "; ".join(notes))
     _finish(fig, caption)
     return Rendered(name, title, fig, caption, _weights_label(models["weights"]))
 
@@ -229,33 +241,28 @@ def _depth_colors(depths) -> dict:
     return {d: cmap(0.9 * i / n) for i, d in enumerate(depths)}
 
 
-def sampling_throughput(metrics: pd.DataFrame) -> Rendered:
+def sampling_throughput(metrics: pd.DataFrame, summary: pd.DataFrame | None = None) -> Rendered:
     name, title = "sampling_throughput", "Sampling throughput vs resolution"
-    rows = sampling_rows(metrics)
+    rows = sampling_rows(metrics, summary)
     rows = rows[rows["image_size"].notna()]
     if not len(rows):
         return skipped(name, title, "no sample_images_per_s rows with image_size in "
                                     "metrics.jsonl")
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
-    styles = {("vdvae", "ancestral"): ("tab:blue", "o"), ("pixelcnn", "naive"): ("black", "s"),
-              ("pixelcnn", "cached"): ("tab:orange", "^")}
-    for (model, method, batch), group in rows.groupby(["model", "method", "batch_size"],
-                                                      dropna=False):
+    markers = ("o", "s", "^", "v", "D", "P")
+    for index, ((label, method, batch), group) in enumerate(
+            rows.groupby(["model_label", "method", "batch_size"], dropna=False)):
         group = group.sort_values("image_size")
-        color, marker = styles.get((model, method), (None, "x"))
         batch_text = "" if pd.isna(batch) else f", batch {int(batch)}"
-        ax.plot(group["image_size"], group["images_per_s"], marker=marker, color=color,
-                label=f"{model_name(model)} {method}{batch_text}")
+        ax.plot(group["image_size"], group["images_per_s"], marker=markers[index % len(markers)],
+                label=f"{label} {method}{batch_text}")
     ratios = speed_ratios(rows)
     for _, ratio in ratios.iterrows():
-        for method, offset in (("naive", 6), ("cached", 6)):
-            value = ratio[f"pixelcnn_{method}_images_per_s"]
-            if not pd.isna(value):
-                ax.annotate(f"VDVAE {fmt_ratio(ratio[f'ratio_vs_{method}'])} faster than "
-                            f"{method}",
-                            (ratio["image_size"], value), textcoords="offset points",
-                            xytext=(6, offset), fontsize=6.5)
+        if ratio["fastest_speedup"] > 1.0 + 1e-9:
+            ax.annotate(f"{ratio['fastest']} {fmt_ratio(ratio['fastest_speedup'])} faster",
+                        (ratio["image_size"], ratio["images_per_s"]), textcoords="offset points",
+                        xytext=(6, 6), fontsize=6.5)
     ax.set_yscale("log")
     sizes = sorted(rows["image_size"].unique())
     ax.set_xscale("log", base=2)
@@ -269,9 +276,10 @@ def sampling_throughput(metrics: pd.DataFrame) -> Rendered:
     _legend_right(ax)
     caption = ("Median over cells of each cell's median over timing rounds that agree "
                "(the run's speed phase: one cell at a time, nothing else running), same device. "
-               "Annotations: VDVAE images/s divided by PixelCNN images/s (naive: one network "
-               "pass per sub-pixel; cached: Ramachandran et al. 2017) at the same batch size."
-               + ("" if len(ratios) else " No resolution has both models: no ratio."))
+               "Annotations: how many times faster the fastest sampler at that resolution and "
+               "batch is (an autoregressive model's naive sampler runs one network pass per "
+               "sub-pixel; its cached one: Ramachandran et al. 2017)."
+               + ("" if len(ratios) else " No resolution has two samplers: no ratio."))
     _finish(fig, caption)
     return Rendered(name, title, fig, caption, "timing only (no likelihood)")
 
@@ -363,7 +371,7 @@ def training_curves(summary: pd.DataFrame, logs: dict[str, pd.DataFrame]) -> Ren
     fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1]))
     full, zoom = fig.subplots(1, 2)
     by_cell = summary.set_index("cell")
-    depths = sorted(summary.loc[summary["model"] == "vdvae", "effective_depth"].dropna().unique())
+    depths = sorted(roles.depth_cells(summary)["effective_depth"].dropna().unique())
     colors = _depth_colors(depths)
     order = [c for c in sort_cells(summary)["cell"] if c in curves]
     order += sorted(set(curves) - set(order))
@@ -393,7 +401,7 @@ def training_curves(summary: pd.DataFrame, logs: dict[str, pd.DataFrame]) -> Ren
     full.set_ylabel("training loss, bits/dim")
     full.legend(loc="upper right", ncol=1 if len(order) <= 8 else 2)
     caption = ("Training loss of the current (raw) weights, one line per cell; colour = "
-               "effective depth (viridis, black = not VDVAE), line style = seed.")
+               "effective depth (viridis; black = a model without one), line style = seed.")
     _finish(fig, caption)
     return Rendered(name, title, fig, caption, "raw (current) weights during training")
 
@@ -432,9 +440,9 @@ def sample_grids(summary: pd.DataFrame, samples: dict[str, object], notes: list[
         for ax in axes:
             ax.axis("off")
         name = "samples" if len(chunks) == 1 else f"samples_{index + 1}"
-        caption = ("Sample grids as written by each cell (cells/<cell>/samples.png): ancestral "
-                   "for VDVAE, autoregressive for PixelCNN; see provenance for weights and "
-                   "temperature.")
+        caption = ("Sample grids as written by each cell (cells/<cell>/samples.png), drawn with "
+                   "each family's fastest sampler from the weights the cell evaluated (EMA when "
+                   "evaluated); titles give the cell and its effective depth.")
         fig.suptitle(title if len(chunks) == 1 else f"{title} ({index + 1}/{len(chunks)})")
         _finish(fig, caption)
         rendered.append(Rendered(name, title, fig, caption, "as recorded by each cell"))

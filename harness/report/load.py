@@ -115,6 +115,10 @@ def _typed(frame: pd.DataFrame, columns: tuple[str, ...], text: set[str]) -> pd.
     return frame
 
 
+# How the report names the reference codec cells (kind `codec`, harness.engine.codecs).
+CODEC_NAMES = {"png": "PNG", "webp": "WebP lossless"}
+
+
 def _text(values: list, index) -> pd.Series:
     """An object column that keeps None as None (a plain list assignment turns it into NaN)."""
     return pd.Series(values, index=index, dtype=object)
@@ -269,6 +273,23 @@ def load_results(root: Path) -> Results:
     for frame in (summary, metrics):
         frame["dataset"] = _text([None if d in (None, "none") else d for d in frame["dataset"]],
                                  frame.index)
+    # How the report names and groups each cell, from its config.json: `kind` (train, speed,
+    # codec) and `model_label` (the family's display name; a codec's own name).
+    kinds, labels = [], []
+    for _, row in summary.iterrows():
+        config = cells[row["cell"]].config
+        kind = config.get("kind") if isinstance(config.get("kind"), str) else (
+            "codec" if row["model"] == "codec" else "train")
+        label = config.get("family_label")
+        if kind == "codec":
+            codec = config.get("model") if isinstance(config.get("model"), str) else \
+                str(row["cell"]).removeprefix("codec_")
+            label = f"{CODEC_NAMES.get(codec, codec)} (codec)"
+        kinds.append(kind)
+        labels.append(label if isinstance(label, str) and label else
+                      (str(row["model"]) if not _missing(row["model"]) else "model"))
+    summary["kind"] = _text(kinds, summary.index)
+    summary["model_label"] = _text(labels, summary.index)
     # status.json fills what the summary leaves empty (e.g. a cell still running).
     for index, row in summary.iterrows():
         status = cells[row["cell"]].status

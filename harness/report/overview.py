@@ -1,8 +1,9 @@
 """The report's prose: what ran where, compute used, and the caveats the numbers need.
 
-Caveats follow spec/cpu-scale.md: short runs show a training-speed benefit of depth, not the
-converged ablation of Child 2021 (Section 5.2); plain EMA weights are meaningless after a few
-thousand steps; paired intervals, not unpaired ones, decide between depths.
+Caveats: short runs show a training-speed benefit of depth, not the converged ablation of
+Child 2021 (Section 5.2, trained 600k-1.7M steps); a plain EMA at rate 0.999 is dominated by
+the first steps of a run of a few thousand; paired intervals, not unpaired ones, decide between
+depths (docs/results.md).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from harness.report import roles
 from harness.report.format import fmt_int, fmt_seconds, is_missing
 from harness.report.load import Results, provenance_lines
 from harness.report.published import CONTEXT_NOTE
@@ -27,7 +29,7 @@ class Overview:
 
 
 def _steps(results: Results) -> float | None:
-    steps = results.summary.loc[results.summary["model"] != "codec", "steps"].dropna()
+    steps = results.summary.loc[~roles.is_codec(results.summary), "steps"].dropna()
     if len(steps):
         return float(steps.max())
     found = [pd.to_numeric(files.train_log["step"], errors="coerce").max()
@@ -36,9 +38,25 @@ def _steps(results: Results) -> float | None:
     return float(max(found)) if found else None
 
 
+def report_subject(summary: pd.DataFrame) -> str:
+    """What the results compare, from their columns: 'VDVAE depth vs Gated PixelCNN', 'VDVAE
+    evaluation' (only untrained weights), or the models' names."""
+    models = summary[~roles.is_codec(summary)]
+    names = list(dict.fromkeys(roles.labels(models)))
+    steps = models["steps"].dropna()
+    if len(steps) and steps.max() == 0:
+        return f"{', '.join(names) or 'model'} evaluation of given weights"
+    swept = roles.depth_cells(summary)
+    if swept["effective_depth"].nunique() >= 2:
+        others = [n for n in dict.fromkeys(roles.labels(roles.other_models(summary)))]
+        subject = f"{roles.depth_label(summary)} effective depth"
+        return subject + (f" vs {', '.join(others)}" if others else "")
+    return " vs ".join(names) or "results"
+
+
 def build_overview(results: Results, paired: pd.DataFrame) -> Overview:
     summary = results.summary
-    overview = Overview(title=f"{results.experiment}: VDVAE depth vs Gated PixelCNN")
+    overview = Overview(title=f"{results.experiment}: {report_subject(summary)}")
     statuses = summary["status"].fillna("unknown").value_counts()
     datasets = sorted(summary["dataset"].dropna().unique())
     overview.facts.append(("results", str(results.root)))
@@ -58,14 +76,17 @@ def build_overview(results: Results, paired: pd.DataFrame) -> Overview:
         overview.facts.append((label, "; ".join(provenance[key]) or "not recorded"))
 
     caveats = overview.caveats
-    vdvae = summary[summary["model"] == "vdvae"]
-    if steps is None or steps < SHORT_RUN_STEPS:
+    vdvae = roles.depth_cells(summary)
+    if steps == 0:
+        caveats.append("Evaluation only: these weights were not trained here (0 training "
+                       "steps); the figures describe the given weights.")
+    elif steps is None or steps < SHORT_RUN_STEPS:
         budget = "an unrecorded number of" if steps is None else f"at most {fmt_int(steps)}"
         caveats.append(
             f"Short runs: {budget} training steps per cell, where the paper trained 600k-1.7M. "
             "The models are far from converged, so a depth trend here is a training-speed "
             "benefit of depth at equal parameters and steps, not the converged result of the "
-            "paper's ablation (spec/cpu-scale.md).")
+            "paper's ablation.")
     if "ema" in set(vdvae["weights"].dropna()) or vdvae["test_bits_per_dim_ema"].notna().any():
         caveats.append(
             "EMA weights: 'ema' rows use the bias-corrected EMA. A plain EMA with rate 0.999 is "

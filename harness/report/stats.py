@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.contract import ci95
+from harness.report import roles
 from harness.report.load import Results
 
 
@@ -70,8 +71,8 @@ PAIRED_COLUMNS: tuple[str, ...] = (
 
 
 def primary_weights(summary: pd.DataFrame) -> str | None:
-    """The weights most VDVAE summary rows report (`raw` wins a tie), or None."""
-    counts = Counter(w for w in summary.loc[summary["model"] == "vdvae", "weights"]
+    """The weights most depth-cell summary rows report (`raw` wins a tie), or None."""
+    counts = Counter(w for w in roles.depth_cells(summary)["weights"]
                      if isinstance(w, str) and w)
     if not counts:
         return None
@@ -79,17 +80,19 @@ def primary_weights(summary: pd.DataFrame) -> str | None:
 
 
 def paired_differences(results: Results) -> pd.DataFrame:
-    """Every VDVAE depth vs the deepest depth of the same dataset, on the same test images.
+    """Every effective depth vs the deepest depth of the same dataset and model, on the same
+    test images.
 
     One row per (cell, weights) for which both cells wrote per-image bits/dim; pairs cells of the
     same seed, else the deepest cell of seed 0 (`choose_reference`). Positive
     `mean_diff_bits_per_dim` means the deeper model is better.
     """
     summary = results.summary
-    vdvae = summary[(summary["model"] == "vdvae") & summary["effective_depth"].notna()]
+    swept = roles.depth_cells(summary)
     rows = []
-    for dataset in sorted(set(vdvae["dataset"].fillna(""))):
-        group = vdvae[vdvae["dataset"].fillna("") == dataset]
+    for dataset, model in sorted(set(zip(swept["dataset"].fillna(""), swept["model"].fillna("")))):
+        group = swept[(swept["dataset"].fillna("") == dataset)
+                      & (swept["model"].fillna("") == model)]
         group = group.sort_values(["effective_depth", "seed", "cell"], na_position="last")
         deepest = group["effective_depth"].max()
         deepest_by_seed: dict[int, str] = {}

@@ -1,9 +1,9 @@
 """The report's tables, as pure functions of the result rows.
 
 * `summary_table`: one row per cell (docs/results.md summary.csv), codec cells as reference rows.
-* `depth_means_table`: VDVAE test bits/dim per effective depth, mean and range over seeds.
+* `depth_means_table`: test bits/dim per effective depth, mean and range over seeds.
 * `paired_table`: each depth minus the deepest on the same test images (see `stats`).
-* `sampling_table`: sampling images/s per resolution and the VDVAE / PixelCNN speed ratios.
+* `sampling_table`: sampling images/s per resolution, and how much faster the fastest sampler is.
 * `published_tables`: the papers' numbers for context (see `published`).
 """
 
@@ -16,26 +16,27 @@ from harness.report.format import (
     MISSING, Table, fmt_fixed, fmt_int, fmt_percent, fmt_rate, fmt_ratio, fmt_si, fmt_text,
     is_missing,
 )
+from harness.report import roles
 from harness.report.load import SUMMARY_COLUMNS
 
-MODEL_NAMES = {"vdvae": "VDVAE", "pixelcnn": "Gated PixelCNN", "codec": "codec (reference)"}
-_MODEL_ORDER = {"vdvae": 0, "pixelcnn": 1, "codec": 3}
 WEIGHTS_NOTE = ("Weights: raw = final weights, ema = bias-corrected EMA weights; `test bits/dim` "
                 "comes from the weights named in its row.")
 
 
-def model_name(model) -> str:
-    return MODEL_NAMES.get(model, fmt_text(model))
-
-
 def sort_cells(summary: pd.DataFrame) -> pd.DataFrame:
-    """VDVAE by depth and seed, then PixelCNN, other models, and codec reference rows last;
-    within a model, cells without a dataset (sampling-speed cells) after the evaluated ones."""
+    """Models with a depth sweep (by depth and seed), then the other models, and codec
+    reference rows last; within a model, cells without a dataset (sampling-speed cells) after
+    the evaluated ones."""
+    codec = roles.is_codec(summary)
+    label = roles.labels(summary)
+    swept = set(roles.labels(roles.depth_cells(summary)))
+
     def key(index):
         row = summary.loc[index]
         dataset = "" if is_missing(row["dataset"]) else str(row["dataset"])
-        return (_MODEL_ORDER.get(row["model"], 2), not dataset, dataset,
-                _number_key(row["effective_depth"]), _number_key(row["seed"]), str(row["cell"]))
+        group = 2 if codec[index] else (0 if label[index] in swept else 1)
+        return (group, label[index], not dataset, dataset, _number_key(row["effective_depth"]),
+                _number_key(row["seed"]), str(row["cell"]))
 
     return summary.loc[sorted(summary.index, key=key)].reset_index(drop=True)
 
@@ -65,7 +66,7 @@ def summary_table(summary: pd.DataFrame) -> Table:
     several_datasets = rows["dataset"].dropna().nunique() > 1
     display = pd.DataFrame({
         "cell": rows["cell"].map(fmt_text),
-        "model": rows["model"].map(model_name),
+        "model": roles.labels(rows),
         **({"dataset": rows["dataset"].map(fmt_text)} if several_datasets else {}),
         "depth": rows["effective_depth"].map(fmt_int),
         "seed": rows["seed"].map(fmt_int),
@@ -86,17 +87,18 @@ def summary_table(summary: pd.DataFrame) -> Table:
     align = tuple("l" if c in ("cell", "model", "dataset", "weights", "status") else "r"
                   for c in display.columns)
     datasets = ", ".join(sorted(rows["dataset"].dropna().unique())) or "unknown dataset"
-    caption = (f"Dataset: {datasets}. {WEIGHTS_NOTE} Sampling: ancestral for VDVAE, naive and "
-               "cached for PixelCNN, at each cell's own resolution (see the sampling table). "
-               "Codec rows are lossless reference encodings, not models.")
+    caption = (f"Dataset: {datasets}. {WEIGHTS_NOTE} Sampling: each family's samplers "
+               "(`sampling images/s` the first, `cached` an autoregressive model's cached one), "
+               "at each cell's own resolution (see the sampling table). Codec rows are lossless "
+               "reference encodings, not models.")
     return Table("summary", "Summary: one row per cell", rows[list(SUMMARY_COLUMNS)], display,
                  align, caption)
 
 
 def depth_means_table(summary: pd.DataFrame) -> Table | None:
-    """VDVAE done cells grouped by dataset, effective depth and weights; None without any."""
-    vdvae = summary[(summary["model"] == "vdvae") & summary["test_bits_per_dim"].notna()
-                    & summary["effective_depth"].notna()]
+    """Evaluated depth cells grouped by dataset, effective depth and weights; None without
+    any."""
+    vdvae = roles.evaluated(roles.depth_cells(summary))
     if not len(vdvae):
         return None
     records = []
@@ -124,7 +126,8 @@ def depth_means_table(summary: pd.DataFrame) -> Table | None:
     })
     if data["dataset"].dropna().nunique() > 1:
         display.insert(0, "dataset", data["dataset"].map(fmt_text))
-    return Table("depth_means", "VDVAE test bits/dim by effective stochastic depth", data,
+    return Table("depth_means", f"{roles.depth_label(summary)} test bits/dim by effective "
+                 "stochastic depth", data,
                  display, tuple("l" if c in ("dataset", "weights", "seeds") else "r"
                                 for c in display.columns),
                  "Mean over the seeds run at each depth; the spread between seeds is the only "
@@ -158,62 +161,75 @@ def paired_table(paired: pd.DataFrame) -> Table | None:
                  "same seed, else seed 0's.")
 
 
-def sampling_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Median `sample_images_per_s` over cells per (model, method, image_size, batch_size)."""
+def sampling_rows(metrics: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Median `sample_images_per_s` over cells per (model, method, image_size, batch_size),
+    with the number of cells and their spread ((max - min) / median): cells of one architecture
+    should measure alike, so a large spread says the timing, not the model, varied.
+    `model_label` names the model (from `summary` when given)."""
     rows = metrics[(metrics["metric"] == "sample_images_per_s") & metrics["value"].notna()]
+    columns = ["model", "model_label", "method", "image_size", "batch_size", "images_per_s",
+               "n_cells", "cell_spread_fraction"]
     if not len(rows):
-        return pd.DataFrame(columns=["model", "method", "image_size", "batch_size",
-                                     "images_per_s", "n_cells"])
+        return pd.DataFrame(columns=columns)
     rows = rows.assign(method=rows["method"].fillna(""), model=rows["model"].fillna(""))
     grouped = rows.groupby(["model", "method", "image_size", "batch_size"], dropna=False)
-    out = grouped.agg(images_per_s=("value", "median"), n_cells=("cell", "nunique"))
-    return out.reset_index()
+    out = grouped.agg(images_per_s=("value", "median"), n_cells=("cell", "nunique"),
+                      low=("value", "min"), high=("value", "max")).reset_index()
+    out["cell_spread_fraction"] = (out["high"] - out["low"]) / out["images_per_s"]
+    names: dict = {}
+    if summary is not None and len(summary):
+        names = dict(zip(summary["model"], roles.labels(summary)))
+    out["model_label"] = [names.get(m, m) for m in out["model"]]
+    return out[columns]
 
 
 def speed_ratios(sampling: pd.DataFrame) -> pd.DataFrame:
-    """VDVAE (ancestral) / PixelCNN (naive, cached) images/s at each resolution, at the largest
-    batch size both were measured with."""
+    """At each resolution and the largest batch size measured for more than one sampler: every
+    (model, method) with its images/s and how many times faster the fastest sampler is."""
     records = []
-    vdvae = sampling[sampling["model"] == "vdvae"]
-    pixelcnn = sampling[sampling["model"] == "pixelcnn"]
-    for size in sorted(set(vdvae["image_size"].dropna()) & set(pixelcnn["image_size"].dropna())):
-        v = vdvae[vdvae["image_size"] == size]
-        p = pixelcnn[pixelcnn["image_size"] == size]
-        batches = sorted(set(v["batch_size"].dropna()) & set(p["batch_size"].dropna()))
+    for size in sorted(sampling["image_size"].dropna().unique()):
+        at_size = sampling[sampling["image_size"] == size]
+        counts = at_size.groupby("batch_size")["method"].count()
+        batches = sorted(b for b, n in counts.items() if n > 1) or sorted(counts.index)
         if not batches:
             continue
-        batch = batches[-1]
-        record = {"image_size": size, "batch_size": batch,
-                  "vdvae_images_per_s": v[v["batch_size"] == batch]["images_per_s"].max()}
-        for method in ("naive", "cached"):
-            chosen = p[(p["batch_size"] == batch) & (p["method"] == method)]["images_per_s"]
-            value = chosen.max() if len(chosen) else float("nan")
-            record[f"pixelcnn_{method}_images_per_s"] = value
-            record[f"ratio_vs_{method}"] = record["vdvae_images_per_s"] / value \
-                if len(chosen) and value > 0 else float("nan")
-        records.append(record)
+        chosen = at_size[at_size["batch_size"] == batches[-1]].sort_values(
+            "images_per_s", ascending=False)
+        fastest = chosen.iloc[0]
+        for _, row in chosen.iterrows():
+            records.append({
+                "image_size": size, "batch_size": batches[-1], "model": row["model"],
+                "model_label": row["model_label"], "method": row["method"],
+                "images_per_s": row["images_per_s"], "n_cells": row["n_cells"],
+                "cell_spread_fraction": row["cell_spread_fraction"],
+                "fastest": f"{fastest['model_label']} {fastest['method']}",
+                "fastest_speedup": fastest["images_per_s"] / row["images_per_s"]
+                if row["images_per_s"] > 0 else float("nan")})
     return pd.DataFrame(records, columns=[
-        "image_size", "batch_size", "vdvae_images_per_s", "pixelcnn_naive_images_per_s",
-        "ratio_vs_naive", "pixelcnn_cached_images_per_s", "ratio_vs_cached"])
+        "image_size", "batch_size", "model", "model_label", "method", "images_per_s", "n_cells",
+        "cell_spread_fraction", "fastest", "fastest_speedup"])
 
 
-def sampling_table(metrics: pd.DataFrame) -> Table | None:
-    ratios = speed_ratios(sampling_rows(metrics))
+def sampling_table(metrics: pd.DataFrame, summary: pd.DataFrame | None = None) -> Table | None:
+    ratios = speed_ratios(sampling_rows(metrics, summary))
     if not len(ratios):
         return None
     display = pd.DataFrame({
         "resolution": [f"{int(s)}×{int(s)}" for s in ratios["image_size"]],
         "batch": ratios["batch_size"].map(fmt_int),
-        "VDVAE images/s": ratios["vdvae_images_per_s"].map(fmt_rate),
-        "PixelCNN naive": ratios["pixelcnn_naive_images_per_s"].map(fmt_rate),
-        "PixelCNN cached": ratios["pixelcnn_cached_images_per_s"].map(fmt_rate),
-        "VDVAE / naive": ratios["ratio_vs_naive"].map(fmt_ratio),
-        "VDVAE / cached": ratios["ratio_vs_cached"].map(fmt_ratio),
+        "sampler": [f"{m} {s}" for m, s in zip(ratios["model_label"], ratios["method"])],
+        "images/s": ratios["images_per_s"].map(fmt_rate),
+        "cells": ratios["n_cells"].map(fmt_int),
+        "spread across cells": [MISSING if n < 2 else fmt_percent(f) for n, f in
+                                zip(ratios["n_cells"], ratios["cell_spread_fraction"])],
+        "fastest is": [MISSING if abs(r - 1) < 1e-12 else f"{fmt_ratio(r)} faster"
+                       for r in ratios["fastest_speedup"]],
     })
     return Table("sampling_speed", "Sampling throughput, same device", ratios, display,
-                 ("l",) + ("r",) * 6,
-                 "Median images/s over cells after warm-up; ratios at the largest batch size "
-                 "measured for both models.")
+                 ("l", "r", "l", "r", "r", "r", "r"),
+                 "Median images/s over the cells of one architecture (the speed phase: one "
+                 "cell at a time, nothing else running), the spread between those cells, and "
+                 "how many times faster the fastest sampler at that resolution and batch is.")
 
 
 def published_tables() -> list[Table]:

@@ -36,7 +36,8 @@ from harness import atomic
 from harness.contract import CONFIG_FILE, ROWS_FILE, SPEED_FILE, STATUS_FILE, ci95
 from harness.data import load_dataset
 from harness.engine import allocator, codecs, throughput, weights
-from harness.engine.evaluate import evaluate, save_npy
+from harness.engine.artifacts import save_npy
+from harness.engine.evaluate import evaluate
 from harness.engine.train import train
 from harness.errors import UserError
 from harness.experiment.schema import Cell, DataSpec, SpeedSpec
@@ -244,7 +245,8 @@ def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
     if "ema" in models:  # a zero-step cell on a harness checkpoint: its own EMA weights
         evaluated["ema"] = models["ema"].to(throughput.model_device(result.model))
     rows = evaluate(evaluated, family, _first(splits.test, cell.data.test_images),
-                    cell.eval, cell_dir)
+                    cell.eval, cell_dir,
+                    train_images=_first(splits.train, cell.data.train_images), label=cell.name)
     return rows, result, checkpoint
 
 
@@ -337,7 +339,8 @@ def _dataset_provenance(context: CellContext, cell: Cell) -> dict:
 
 
 def cell_config_record(cell: Cell, context: CellContext) -> dict:
-    return {"experiment": context.experiment, **cell.record(),
+    label = registry.get(cell.family).label if cell.kind != "codec" else None
+    return {"experiment": context.experiment, **cell.record(), "family_label": label,
             # speed cells record the file's data too, as results folders always have
             "data": to_plain(cell.data or context.data),
             "sampling_speed": to_plain(context.sampling_speed) if cell.kind == "speed" else None}

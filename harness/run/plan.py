@@ -24,7 +24,9 @@ import torch
 
 from harness.engine import allocator, budget, throughput
 from harness.engine.config import TrainConfig
-from harness.engine.evaluate import samplers
+from harness.engine.evaluate import SAMPLE_CHUNK, chosen_studies, sample_set_size
+from harness.engine.sampling import samplers
+from harness.engine.studies import SAMPLES, StudyCost
 from harness.experiment.schema import Cell, ExperimentConfig, SpeedSpec
 from models import registry
 
@@ -65,6 +67,7 @@ class CellEstimate:
     detail: str = ""
     peak_memory_bytes: int | None = None  # expected, for a training step (train cells)
     speed_s: float = 0.0  # its sampling-speed measurement, in the speed phase (not `seconds`)
+    phases: dict = field(default_factory=dict)  # train cells: "train" and each study, seconds
 
 
 @dataclass
@@ -345,6 +348,7 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
         return dims * pass_s(b) / CACHED_SPEEDUP
 
     seconds = OVERHEAD_S[cell.kind]
+    phases: dict[str, float] = {}
     speed_s = 0.0  # sampling-speed timing, in the run's speed phase after the cells
     steps = None
     if cell.kind == "train":
@@ -353,22 +357,26 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
         train_s = (steps or 0) * (step_s or 0.0)
         if cell.train.max_wall_s:
             train_s = min(train_s, cell.train.max_wall_s)
-        eval_s = 0.0
-        for _ in evaluation.weights:
-            eval_s += (n_test or 0) * forward_s  # active units are collected in this pass
-            if evaluation.iw_k and family.can(registry.IW_NLL):
-                n_iw = n_test if evaluation.iw_max_images is None else min(
-                    n_test or 0, evaluation.iw_max_images)
-                eval_s += (n_iw or 0) * evaluation.iw_k * forward_s
         methods = [s.method for s in samplers(family, evaluation.sample_methods)]
         for method in methods:  # in the speed phase: at least the window's rounds
             speed_s += min(evaluation.sample_max_s,
                            (evaluation.sample_window_rounds * evaluation.sample_repeats
                             + evaluation.sample_warmup)
                            * sample_call_s(method, evaluation.sample_batch_size))
-        if evaluation.n_grid_samples and methods:
-            fastest = "cached" if "cached" in methods else methods[0]
-            eval_s += sample_call_s(fastest, evaluation.n_grid_samples)
+        fastest = "cached" if "cached" in methods else (methods[0] if methods else None)
+
+        def draw_s(n: int) -> float:  # n samples in calls of at most SAMPLE_CHUNK
+            if fastest is None or n <= 0:
+                return 0.0
+            full, rest = divmod(n, SAMPLE_CHUNK)
+            return full * sample_call_s(fastest, SAMPLE_CHUNK) + (
+                sample_call_s(fastest, rest) if rest else 0.0)
+
+        phases = {"train": train_s, **study_estimates(
+            family, evaluation, StudyCost(n_test=n_test or 0, forward_s=forward_s,
+                                          pass_s=pass_s, sample_call_s=draw_s,
+                                          n_train=n_train))}
+        eval_s = sum(v for k, v in phases.items() if k != "train")
         seconds += train_s + eval_s
         detail = (f"train {fmt_duration(train_s)} ({1 / step_s * cell.train.batch_size:,.0f} "
                   f"images/s) + eval {fmt_duration(eval_s)}" if step_s else "")
@@ -383,7 +391,21 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
             timings += len(batch_sizes)
         detail = f"{timings} timings in the speed phase"
     return CellEstimate(cell.name, cell.kind, cell.params, flops, steps, seconds, detail,
-                        speed_s=speed_s)
+                        speed_s=speed_s, phases=phases)
+
+
+def study_estimates(family: registry.Family, evaluation, cost: StudyCost) -> dict[str, float]:
+    """Seconds of each study that runs for `family` (a weights study once per distinct weights
+    name), and of drawing the shared sample set ("sample set")."""
+    running, _ = chosen_studies(family, evaluation)
+    out: dict[str, float] = {}
+    for study in running:
+        times = len(evaluation.weights) if study.scope == "weights" else 1
+        out[study.name] = times * study.estimate_s(cost, evaluation)
+    n_samples = sample_set_size(running, evaluation)
+    if n_samples:
+        out["sample set"] = cost.sample_call_s(n_samples)
+    return out
 
 
 def makespan(durations: list[float], jobs: int) -> float:

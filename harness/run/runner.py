@@ -68,6 +68,10 @@ def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root
         say(f"  {cell.name:<{width}}  {cell.kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
             f"{memory:>9}  {fmt_duration(estimate.seconds):>7}  "
             f"{statuses.get(cell.name, 'pending')}")
+        if estimate.phases:
+            say(f"  {'':<{width}}  " + " · ".join(
+                f"{name} {fmt_duration(seconds)}" for name, seconds in estimate.phases.items()
+                if seconds >= 0.5 or name == "train"))
         if cell.match:
             say(f"  {'':<{width}}  matched: {cell.match['field']}={cell.match['value']} for "
                 f"{cell.match['target_params']:,} parameters")

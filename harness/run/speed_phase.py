@@ -29,7 +29,7 @@ import torch
 from harness import atomic
 from harness.contract import SPEED_FILE
 from harness.engine import checkpoint, throughput, weights
-from harness.engine.evaluate import samplers, sampling_speed_rows, speed_row
+from harness.engine.sampling import samplers, sampling_speed_rows, speed_row
 from harness.engine.train import resolve_device
 from harness.experiment.schema import Cell
 from harness.plain import to_plain
