@@ -39,7 +39,7 @@ def main() -> None:
         family, model = family_and_model(spec, stem.with_suffix(".pt"))
         if action == "encode":
             images = torch.from_numpy(np.load(stem.with_suffix(".npy")))
-            data, _ = lossless.compress(model, family, images,
+            data = lossless.compress(model, family, images,
                                         [str(i) for i in range(len(images))], BATCH_SIZE)
             stem.with_suffix(".bin").write_bytes(data)
         else:

@@ -6,9 +6,9 @@ Townsend et al. 2019 and 2020).
   range coding of the exact categoricals for an autoregressive family with
   `models.coding.STEPWISE_PROBABILITIES` (`ar_coding`), bits-back ANS for a hierarchical VAE
   with `models.coding.TOP_DOWN_LATENTS` (`bits_back`). Never chosen by the family's name.
-* `compress(model, family, images, names, batch_size) -> (bytes, stats)` and
-  `decompress(model, family, data, source, model_name) -> (images, names, header)`, over the
-  file format of `container`.
+* `compress(model, family, images, names, batch_size) -> bytes`,
+  `decompress(model, family, data, source, model_name) -> (images, names, header)` and
+  `rate(header)` (initial and marginal bits), over the file format of `container`.
 * `rows.codec_rows(...)`: the metric rows of a run's codec study.
 
 Coding runs on the CPU with one thread, without gradients, in eval mode: the encoder and the
@@ -75,8 +75,9 @@ def _check_images(images: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 
 def compress(model, family, images: torch.Tensor, names: list[str], batch_size: int,
-             **options: Any) -> tuple[bytes, dict[str, float]]:
-    """The file's bytes and {"initial_bits", "marginal_bits"} of its payload."""
+             model_record: dict[str, Any] | None = None, **options: Any) -> bytes:
+    """The file's bytes. `model_record` (plain data, e.g. the family and config) goes into the
+    header for the record; decoding never trusts it (the model hash decides)."""
     codec = codec_for(family, batch_size, **options)
     model = coding_model(model)
     shape = tuple(family.image_shape(model.config))
@@ -84,14 +85,20 @@ def compress(model, family, images: torch.Tensor, names: list[str], batch_size: 
     assert len(names) == images.shape[0], (len(names), images.shape)
     codec.check(model)
     with coding_mode(model):
-        segments, layout, stats = codec.encode(model, images.to("cpu").contiguous())
+        segments, layout = codec.encode(model, images.to("cpu").contiguous())
     header = {"codec": codec.name, "codec_version": codec.version,
               "codec_parameters": codec.parameters(), "codec_layout": layout,
               "family": family.name,
               "model_sha256": container.model_sha256(model), "image_shape": list(shape),
               "n_images": int(images.shape[0]), "names": list(names),
-              "environment": container.environment()}
-    return container.pack(header, segments), stats
+              "environment": container.environment(), "model": model_record or {}}
+    return container.pack(header, segments)
+
+
+def rate(header: dict[str, Any]) -> dict[str, float]:
+    """{"initial_bits", "marginal_bits"} of a file's payload, from its (checked) header."""
+    codec = CODECS[header["codec"]]
+    return codec.rate(header["codec_layout"], sum(header["segment_bytes"]))
 
 
 def decompress(model, family, data: bytes, source: str,

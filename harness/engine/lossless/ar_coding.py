@@ -50,8 +50,7 @@ class ArithmeticCodec:
                 for first in range(0, n_images, self.batch_size)]
 
     def encode(self, model, images: torch.Tensor):
-        """(segments, layout, stats): one segment per batch, no layout, and {"initial_bits": 0,
-        "marginal_bits": the segments' bits}."""
+        """(segments, layout): one segment per batch, and no layout."""
         segments = []
         for first, stop in self.batches(images.shape[0]):
             batch = images[first:stop]
@@ -64,8 +63,12 @@ class ArithmeticCodec:
 
             model.coding_steps(stop - first, code)
             segments.append(to_words(encoder.get_compressed()))
-        bits = 8.0 * sum(len(s) for s in segments)
-        return segments, {}, {"initial_bits": 0.0, "marginal_bits": bits}
+        return segments, {}
+
+    @staticmethod
+    def rate(layout: dict[str, Any], payload_bytes: int) -> dict[str, float]:
+        """No initial bits: every payload bit is marginal."""
+        return {"initial_bits": 0.0, "marginal_bits": 8.0 * payload_bytes}
 
     def decode(self, model, segments: list[bytes], n_images: int, source: str,
                layout: dict[str, Any]) -> torch.Tensor:

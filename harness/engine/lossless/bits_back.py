@@ -140,8 +140,8 @@ class BitsBackCodec:
         return 2 * self.latents_per_image(model) * PRECISION_BITS // 32 + 2
 
     def encode(self, model, images: torch.Tensor):
-        """(segments, layout, stats): one segment (the stack above the untouched seed words),
-        the seed layout the decoder needs, and the initial and marginal bits."""
+        """(segments, layout): one segment (the stack above the untouched seed words) and the
+        seed layout the decoder needs."""
         seed = seed_words(self._seed_count(model))
         ans = constriction.stream.stack.AnsCoder(seed.copy())
         q_family, prior_model = self._posterior_family(), self._prior_model()
@@ -167,9 +167,15 @@ class BitsBackCodec:
         words = ans.get_compressed()
         prefix = _common_prefix(words, seed)
         layout = {"seed_words": int(seed.size), "seed_prefix_words": prefix}
-        stats = {"initial_bits": 32.0 * (seed.size - prefix),
-                 "marginal_bits": 32.0 * (words.size - seed.size)}
-        return [to_words(words[prefix:])], layout, stats
+        return [to_words(words[prefix:])], layout
+
+    @staticmethod
+    def rate(layout: dict[str, Any], payload_bytes: int) -> dict[str, float]:
+        """The payload's one-off initial bits (seed words consumed) and marginal bits (the
+        stack's growth above the seed)."""
+        seed, prefix = int(layout["seed_words"]), int(layout["seed_prefix_words"])
+        return {"initial_bits": 32.0 * (seed - prefix),
+                "marginal_bits": 8.0 * payload_bytes - 32.0 * (seed - prefix)}
 
     def decode(self, model, segments: list[bytes], n_images: int, source: str,
                layout: dict[str, Any]) -> torch.Tensor:

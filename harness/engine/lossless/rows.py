@@ -51,7 +51,7 @@ def codec_rows(model, family, images: torch.Tensor, batch_size: int,
     n = int(images.shape[0])
     names = [str(i) for i in range(n)]
     start = time.perf_counter()
-    data, stats = lossless.compress(model, family, images, names, batch_size, **options)
+    data = lossless.compress(model, family, images, names, batch_size, **options)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     try:
@@ -60,6 +60,7 @@ def codec_rows(model, family, images: torch.Tensor, batch_size: int,
     except UserError:
         exact, header = False, lossless.container.unpack(data, "the codec study's file")[0]
     decode_s = time.perf_counter() - start
+    stats = lossless.rate(header)
     dims = n * images[0].numel()
     codec_bits = stats["marginal_bits"] / dims
     model_bits = model_bits_per_dim(model, images, batch_size)
