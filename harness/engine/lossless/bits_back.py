@@ -23,12 +23,14 @@ block; decoder: with the bins already known), each turning bins into z by the sa
 its own prior. One thread, the same batches.
 
 Initial bits: the first batch pops from an empty stack, so the stack starts on a seed of
-pseudo-random words (a fixed generator: the decoder regenerates it). The seed words the encoder
-never touched are not stored; those it consumed are the one-off initial cost (`initial_bits`),
-the rest of the file is the marginal rate. Batches grow 1, 1, 2, 4, ... up to the batch size,
-so each batch mostly pops bits that the batches before it pushed, and the initial cost is
-about one image's posterior bits instead of a whole batch's. At the end of decoding the stack
-must be exactly the seed again, a last check that the file decoded as it was encoded.
+pseudo-random words (a fixed generator: the decoder regenerates it), as many as the first batch
+could pop at most. The seed words the encoder never touched are not stored; those it consumed
+are the one-off initial cost (`initial_bits`), the rest of the file is the marginal rate. A batch
+pops its images' posterior bits all at once (the posterior of every block depends on x, so no
+bits come back before the whole batch is pushed: Bit-Swap's reordering needs a Markov chain of
+latents), so the initial cost is the batch size times one image's posterior bits: the batch size
+trades throughput against initial bits. At the end of decoding the stack must be exactly the seed
+again, a last check that the file decoded as it was encoded.
 """
 
 from __future__ import annotations
@@ -51,15 +53,8 @@ DEFAULT_BIN_WIDTH = 1.0 / 64  # in prior standard deviations (measured: README o
 DEFAULT_RANGE_STDS = 64.0  # bins cover μ_p ± 64 σ_p
 
 
-def ramp(n_images: int, batch_size: int) -> list[tuple[int, int]]:
-    """Batches 1, 1, 2, 4, ... then `batch_size`: each pops about what the ones before pushed."""
-    batches, first, size = [], 0, 1
-    while first < n_images:
-        stop = min(first + size, n_images)
-        batches.append((first, stop))
-        size = min(batch_size, max(1, stop))
-        first = stop
-    return batches
+def batches(n_images: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(first, min(first + batch_size, n_images)) for first in range(0, n_images, batch_size)]
 
 
 def seed_words(count: int) -> np.ndarray:
@@ -136,8 +131,9 @@ class BitsBackCodec:
         return sum(config.zdim * block.resolution ** 2 for block in model.decoder.dec_blocks)
 
     def _seed_count(self, model) -> int:
-        # Two images' worth at the most any latent can cost: the ramp's first batch pops one.
-        return 2 * self.latents_per_image(model) * PRECISION_BITS // 32 + 2
+        """Words for the most a batch can pop (24 bits a latent); every later batch finds the
+        seed's unconsumed part plus the net bits of the batches before it."""
+        return self.batch_size * self.latents_per_image(model) * PRECISION_BITS // 32 + 2
 
     def encode(self, model, images: torch.Tensor):
         """(segments, layout): one segment (the stack above the untouched seed words) and the
@@ -146,7 +142,7 @@ class BitsBackCodec:
         ans = constriction.stream.stack.AnsCoder(seed.copy())
         q_family, prior_model = self._posterior_family(), self._prior_model()
         categorical = constriction.stream.model.Categorical(perfect=False)
-        for first, stop in ramp(images.shape[0], self.batch_size):
+        for first, stop in batches(images.shape[0], self.batch_size):
             batch = images[first:stop].contiguous()
             bins: list[torch.Tensor] = []
 
@@ -191,7 +187,7 @@ class BitsBackCodec:
         shapes = [(model.config.zdim, b.resolution, b.resolution)
                   for b in model.decoder.dec_blocks]
         decoded = []
-        for first, stop in reversed(ramp(n_images, self.batch_size)):
+        for first, stop in reversed(batches(n_images, self.batch_size)):
             n = stop - first
             sizes = [n * math.prod(s) for s in shapes]
             flat = torch.from_numpy(ans.decode(prior_model, sum(sizes)))
