@@ -124,6 +124,11 @@ class EvalConfig:
     flops: bool = True
     active_unit_threshold: NonNegativeFloat = 0.01
     active_units_max_images: PositiveInt | None = None
+    # The lossless-codec studies (harness.engine.studies.lossless_codec): real files of the
+    # first `codec_images` test images (0: off), coded `codec_batch_size` at a time (the
+    # bits-back codec's one-off initial bits grow with it).
+    codec_images: NonNegativeInt = 0
+    codec_batch_size: PositiveInt = 8
 
     def __post_init__(self):
         validate_fields(self, "eval")

@@ -52,12 +52,13 @@ def coding_model(model: torch.nn.Module) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def coding_mode(model: torch.nn.Module):
-    """One thread, no gradients, eval mode; restored afterwards."""
+    """One thread, inference mode (as the evaluation's studies run), eval mode; restored
+    afterwards."""
     threads, training = torch.get_num_threads(), model.training
     torch.set_num_threads(1)
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         torch.set_num_threads(threads)

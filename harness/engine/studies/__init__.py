@@ -9,6 +9,7 @@ from harness.engine.studies import (  # noqa: F401  (each import registers its s
     importance_weighted,
     costs,
     sample_grid,
+    lossless_codec,
 )
 from harness.engine.studies.base import (  # noqa: F401
     INPUTS, LIKELIHOOD, POSTERIOR_MEANS, SAMPLES, TRAIN_IMAGES, Study, StudyContext, StudyCost,
