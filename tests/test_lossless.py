@@ -191,6 +191,21 @@ def test_file_from_another_machine_kind_is_refused(pixel_file):
     assert "Some Other CPU" in message and "where it was made" in message
 
 
+@pytest.mark.parametrize("edit", [
+    lambda h: h.update(codec_parameters={"batch_size": "x", "unknown": 1}),
+    lambda h: h.update(names=[]),
+    lambda h: h.pop("codec_layout"),
+    lambda h: h.update(codec="gzip")])
+def test_header_with_bad_codec_settings_is_refused(pixel_file, edit):
+    """A header rewritten behind a valid checksum still gets one line, not a traceback."""
+    family, model, data = pixel_file
+    header, segments = container.unpack(data, "f.bin")
+    edit(header)
+    del header["segment_bytes"]
+    message = refusal(model, family, container.pack(header, segments))
+    assert "does not decode" in message or "not one this harness decodes" in message
+
+
 def test_bits_back_payload_that_does_not_decode_is_refused():
     """A payload altered behind a valid checksum (a forged file): the stack does not return to
     its seed, and the decoder says so instead of returning the images it got."""

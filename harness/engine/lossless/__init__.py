@@ -27,6 +27,7 @@ import torch
 from harness.engine.lossless import container
 from harness.engine.lossless.ar_coding import ArithmeticCodec
 from harness.engine.lossless.bits_back import BitsBackCodec
+from harness.engine.lossless.segments import corrupt
 from harness.errors import UserError
 from models import coding
 
@@ -118,8 +119,13 @@ def decompress(model, family, data: bytes, source: str,
     if tuple(header.get("image_shape", ())) != shape or header.get("family") != family.name:
         raise UserError(f"{source}: holds {header.get('family')} images of shape "
                         f"{header.get('image_shape')}, {model_name} codes {family.name} {list(shape)}")
-    codec = codec_class(**header["codec_parameters"])
+    try:
+        codec = codec_class(**header["codec_parameters"])
+        n_images, names, layout = int(header["n_images"]), list(header["names"]), \
+            dict(header["codec_layout"])
+        assert n_images == len(names) > 0 and all(isinstance(n, str) for n in names)
+    except (KeyError, TypeError, ValueError, AssertionError):
+        raise corrupt(source, "its header lacks or garbles the codec's settings") from None
     with coding_mode(model):
-        images = codec.decode(model, segments, int(header["n_images"]), source,
-                              header["codec_layout"])
-    return images, list(header["names"]), header
+        images = codec.decode(model, segments, n_images, source, layout)
+    return images, names, header
