@@ -128,4 +128,4 @@ def decompress(model, family, data: bytes, source: str,
         raise corrupt(source, "its header lacks or garbles the codec's settings") from None
     with coding_mode(model):
         images = codec.decode(model, segments, n_images, source, layout)
-    return images, names, header
+    return images.clone(), names, header  # a normal tensor, not an inference-mode one
