@@ -8,9 +8,8 @@ speed-up goal beyond `baseline step / that floor` cannot be met on this machine.
 
 The two products: a 4096² matmul (torch's BLAS, MKL in the CPU wheel) and the same kind of GEMM
 as a channels_last 1×1 convolution (oneDNN's JIT kernels, which run the models' convolutions).
-Both are needed: MKL does not take its AVX-512 path on AMD CPUs, so on an AMD EPYC (Zen 5) the
-matmul reached 107 GFLOP/s on one thread where oneDNN's GEMM reached ~250; a ceiling from the
-matmul alone was ~2.4x too low there. On Intel CPUs the two agree more closely.
+Both are needed: MKL does not take its AVX-512 path on AMD CPUs, where a ceiling from the matmul
+alone reads far too low (docs/benchmarks.md). On Intel CPUs the two agree more closely.
 
 The peak is a bound no kernel beats; the convolutions a model actually runs come nowhere near it
 at small channel counts. `convolution_floor` gives the tighter bound: every convolution of one
@@ -144,8 +143,8 @@ def _convolution_s(key, repeats: int) -> float:
 
     def random(size) -> torch.Tensor:
         # Strides set by the layout even for one input channel, as `module.to(memory_format=)`
-        # sets a model's weights (`.contiguous()` would keep NCHW strides there, on which oneDNN
-        # ran the models' first convolutions 1.5-6x slower than in the models).
+        # sets a model's weights: `.contiguous()` would keep NCHW strides there, on which oneDNN
+        # runs the models' first convolutions slower than in the models (docs/benchmarks.md).
         return torch.empty(size, memory_format=layout).normal_()
 
     x = random(shape).requires_grad_(input_grad)

@@ -28,6 +28,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     targets = [(bench.name, line) for bench in benchmarks
                for line in bench.extra_info.get("targets", [])]
     if targets:
-        terminalreporter.section("issue 14 targets (this run, against its own baselines)")
+        terminalreporter.section("speed targets (this run, against its own baselines; "
+                                 "docs/benchmarks.md)")
         for name, line in targets:
             terminalreporter.write_line(f"{line}    [{name}]")

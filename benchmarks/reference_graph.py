@@ -1,9 +1,9 @@
 """The public VDVAE implementation's order of operations for the negative ELBO, run on our modules:
-the baseline of the cifar10 throughput target (issue 14, target 4), timed against `VDVAE.loss`
-in the same process.
+the baseline of the cifar10 throughput target (speed target 4, docs/benchmarks.md), timed against
+`VDVAE.loss` in the same process.
 
-What it keeps from the reference (spec/vdvae.md, "Blocks"; the reference's `Block`, `DecBlock`,
-`Decoder.forward`), and so what our graph is measured against:
+What it keeps from the reference (openai/vdvae's `Block`, `DecBlock`, `Decoder.forward`), and so
+what our graph is measured against:
 
 * NCHW activations and weights (the reference never sets a memory format);
 * every bottleneck applies GELU to its own input: the posterior's to the concatenation

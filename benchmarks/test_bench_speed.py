@@ -1,7 +1,7 @@
-"""Issue 14's throughput targets 2 and 3 against a baseline timed in the same run: the main job's
-two models (the `fmnist_400k` VDVAE and the parameter-matched Gated PixelCNN, batch 32, one torch
-thread: the runner's per-core setup), trained and evaluated by this working tree and by the tree
-of BASELINE_COMMIT (main before the issue's speed work), each in its own process, alternately.
+"""Speed targets 2 and 3 (docs/benchmarks.md) against a baseline timed in the same run: the main
+job's two models (the `fmnist_400k` VDVAE and the parameter-matched Gated PixelCNN, batch 32, one
+torch thread: the runner's per-core setup), trained and evaluated by this working tree and by the
+`models/` of BASELINE_COMMIT, each in its own process, alternately.
 
 Run:   bash scripts/bench.sh -k speed
 Reported (extra_info): images_per_s and baseline_images_per_s for a training step,
@@ -36,7 +36,9 @@ from models.pixelcnn import channels_for_param_budget
 from models.vdvae import PRESETS, VDVAEConfig, parameter_count
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE_COMMIT = "d5787ec"  # main when issue 14's speed work began (2026-12-02)
+# Main before the speed work (2026-12-02): its models ran the Gated PixelCNN in NCHW with
+# torch.tanh and fed the VDVAE's posterior a concatenation, on glibc's default allocator.
+BASELINE_COMMIT = "d5787ec"
 STEP_SCRIPT = Path(__file__).with_name("step_timing.py")
 TRAINING_TARGET, EVAL_TARGET = 2.0, 3.0
 
@@ -107,7 +109,7 @@ def test_bench_speed_small_models_against_baseline(benchmark, baseline_tree, fam
     def measure():
         runs.update(alternate({"baseline": baseline_tree, "current": REPO}, spec, rounds))
 
-    benchmark.group = "issue-14-speed"
+    benchmark.group = "speed-targets"
     benchmark.pedantic(measure, rounds=1, iterations=1)
     first = {name: r[0]["first_loss"] for name, r in runs.items()}
     assert first["current"] == pytest.approx(first["baseline"], rel=1e-5), first

@@ -1,7 +1,8 @@
 """Training throughput of the published CIFAR-10 VDVAE (39.1M parameters, 43 top-down blocks) on
-CPU against the public reference implementation's graph (issue 14, target 4: at least 1.5x the
-real reference's images/s, which is 1.75x against this copy of its graph, the copy running ~15%
-slower than the real code): one step = forward, backward and an AdamW update at batch 8, float32, 2 threads, ours
+CPU against the public reference implementation's graph (speed target 4, docs/benchmarks.md: at
+least 1.5x the real reference's images/s, which is 1.75x against this copy of its graph, the copy
+running ~15% slower than the real code): one step = forward, backward and an AdamW update at
+batch 8, float32, 2 threads, ours
 (`VDVAE.loss`, channels_last) and the reference's order of operations
 (benchmarks/reference_graph.py: NCHW, GELU per bottleneck, concatenated posterior input) on the
 same weights and posterior noise, timed alternately in one process.
@@ -38,8 +39,7 @@ from models.vdvae import PRESETS, VDVAE, VDVAEConfig
 BATCH = 8
 THREADS = 2
 # Target 4 is 1.5x the real reference; the copy of its graph below runs ~15% slower than the real
-# code (issue 14 measured 1.10x against the real thing where the copy gave 1.30x), so the copy is
-# held to 1.75x.
+# code (docs/benchmarks.md), so the copy is held to 1.75x.
 TARGET_SPEEDUP_VS_REFERENCE = 1.75
 
 

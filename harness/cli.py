@@ -83,6 +83,15 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quality(args: argparse.Namespace) -> int:
+    from harness.run.quality_command import run_quality
+
+    run_quality(args.samples, args.reference, train=args.train, features=args.features,
+                inception_weights=args.inception_weights, n=args.n, json_path=args.json,
+                data_dir=args.data_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -148,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild tables, figures and PDF from a results folder")
     report.add_argument("results_dir", help="results/<experiment>/")
-    report.add_argument("--out", metavar="DIR", help="where to write (default reports/)")
+    report.add_argument("--out", metavar="DIR", help="where to write RESULTS_NAME.pdf and its "
+                        "tables and figures (default: beside the results, in RESULTS_DIR itself, "
+                        "as harness run does)")
     report.set_defaults(func=_cmd_report)
 
     validate = sub.add_parser("validate", help="check experiment files without running them")
@@ -160,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--data-dir", metavar="DIR",
                           help="harness data directory (default $HARNESS_DATA)")
     datasets.set_defaults(func=_cmd_datasets)
+
+    images = "a PNG folder, a uint8 (N, C, H, W) .npy or DATASET:SPLIT[:N]"
+    quality = sub.add_parser("quality", help="sample-quality metrics (FD, KID, precision/recall, "
+                             "density/coverage, memorization) of images against a reference")
+    quality.add_argument("samples", help=images + " (e.g. cells/<cell>/samples.npy)")
+    quality.add_argument("reference", help="real images: " + images
+                         + " (e.g. fashion_mnist:test:2000, its first 2,000)")
+    quality.add_argument("--train", metavar="IMAGES",
+                         help="training images, for the memorization check: " + images)
+    quality.add_argument("--features", default="random_cnn", metavar="NAME",
+                         help="feature extractor: random_cnn (default, offline) or inception")
+    quality.add_argument("--inception-weights", metavar="PATH",
+                         help="pt_inception-2015-12-05-6726825d.pth, for --features inception")
+    quality.add_argument("--n", type=int, metavar="N",
+                         help="use the first N samples and the first N reference images")
+    quality.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    quality.add_argument("--data-dir", metavar="DIR",
+                         help="harness data directory (default $HARNESS_DATA)")
+    quality.set_defaults(func=_cmd_quality)
     return parser
 
 

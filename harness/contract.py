@@ -37,7 +37,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
 METRIC_TEXT_COLUMNS = frozenset({"experiment", "cell", "model", "dataset", "metric", "split",
                                  "weights", "method"})
 # The weights summary.csv headlines when the experiment does not say (runner.summary_weights).
-# Final weights: an EMA misleads on short runs (spec/cpu-scale.md).
+# Final weights: an EMA misleads on short runs (the CPU-scale prototype, docs/benchmarks.md).
 DEFAULT_SUMMARY_WEIGHTS = "raw"
 
 

@@ -1,5 +1,5 @@
-"""Architecture as short layer strings (VDVAE, Child 2021; spec/vdvae.md "Layer strings"; the
-notation of the public reference implementation).
+"""Architecture as short layer strings (VDVAE, Child 2021; the notation of its public reference
+implementation, openai/vdvae).
 
 Encoder tokens: `RxN` (N residual blocks at resolution R), `RdK` (one block at R, then K×K average
 pooling), `R` (one block). Decoder tokens: `RxN` (N top-down blocks), `RmS` (one top-down block at

@@ -6,7 +6,7 @@
 * `gaussian_log_density`: log N(z; μ, σ²) elementwise, for importance weights.
 * `categorical_nats_per_dim`: the 256-way softmax per sub-pixel of the PixelCNN papers.
 * `dmol_nats_per_dim`, `dmol_sample`: discretized mixture of logistics (PixelCNN++, Salimans et
-  al. 2017; VDVAE's likelihood, spec/vdvae.md), for 1- or 3-channel images on an n-bit grid.
+  al. 2017, Section 2.1; VDVAE's likelihood), for 1- or 3-channel images on an n-bit grid.
 * `uint8_to_dmol_target`, `dmol_grid_to_uint8`: between uint8 pixels and that grid in [-1, 1].
 
 n-bit grid (clean form): a uint8 pixel x has level k = x >> (8 - n) in 0..2^n - 1, represented as

@@ -329,7 +329,7 @@ class GatedPixelCNN(nn.Module):
         """Summed skip connections (N, p, H, W) for images x (N, C, H, W) in [-1, 1]."""
         assert x.shape[1:] == self.image_shape, (x.shape, self.image_shape)
         # channels_last end to end: oneDNN's preferred layout for these small convolutions on CPU
-        # (1x1 convs 2x faster than NCHW); every op below keeps it.
+        # (docs/benchmarks.md); every op below keeps it.
         x = x.contiguous(memory_format=torch.channels_last)
         vertical, horizontal, skips = x, x, None
         for layer in self.layers:

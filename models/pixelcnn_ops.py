@@ -16,9 +16,8 @@ def _tanh_via_sigmoid(x: torch.Tensor) -> torch.Tensor:
 
 class _Tanh(torch.autograd.Function):
     """tanh(x) computed as 2σ(2x) - 1: the same function (within ~2e-7 of `torch.tanh` in
-    float32), 4× faster on the AMD CPUs we measured, where ATen's tanh kernel ran 10× slower than
-    its sigmoid (2.66 against 0.26 ms for 1.2M floats, one thread). Backward is tanh's own:
-    grad (1 - tanh²), from the saved output."""
+    float32) through the sigmoid kernel, which runs much faster than ATen's tanh kernel on some
+    CPUs (docs/benchmarks.md). Backward is tanh's own: grad (1 - tanh²), from the saved output."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

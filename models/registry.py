@@ -27,7 +27,17 @@ toy family the same way. What a family declares:
   (`model.loss(images, posterior_means=True)` adds `posterior_means`: a list of (N, zdim, R, R)
   posterior means μ_q, one per latent layer, at the pass's own sampled path; the other entries
   as without it), `ACTIVATION_CHECKPOINTING`
-  (`model.use_activation_checkpointing(enabled)`: recompute blocks in backward).
+  (`model.use_activation_checkpointing(enabled)`: recompute blocks in backward), `LATENTS`
+  (latents in and out of a hierarchical VAE, one latent tensor per stochastic block:
+  - `model.block_resolutions()`: the resolution R_j of every block, in order, non-decreasing;
+  - `model.encode(images, generator=None)`: one posterior draw z_j (N, zdim, R_j, R_j) per
+    block, along the sampled path;
+  - `model.decode(latents, n=None, temperature=1.0, generator=None, return_latents=False)`:
+    likelihood parameters; the first len(latents) blocks use the given latents verbatim, the
+    rest draw from the prior with std × temperature (one value or one per block; 0: the prior
+    mean); `return_latents=True` also returns every latent used;
+  - `model.params_to_images(params, pixel_temperature=1.0, generator=None)`: uint8 images;
+    pixel temperature 0 is the deterministic mode).
 
 Lookup errors are `ValueError`s listing the valid names; the harness turns them into user errors.
 """
@@ -46,6 +56,7 @@ IW_NLL = "iw_nll"
 KL_PER_LAYER = "kl_per_layer"
 ACTIVE_UNITS = "active_units"
 ACTIVATION_CHECKPOINTING = "activation_checkpointing"
+LATENTS = "latents"
 
 
 @dataclass(frozen=True)

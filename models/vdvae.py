@@ -1,7 +1,7 @@
 """Very Deep VAE (Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them
 on Images", ICLR 2021): a bottom-up encoder and a top-down decoder of L stochastic blocks with
 diagonal Gaussian posteriors and priors, a discretized mixture of logistics likelihood, and the
-paper's effective-stochastic-depth ablation (`effective_depth`); spec/vdvae.md has the facts.
+paper's effective-stochastic-depth ablation (`effective_depth`).
 
 Everything is in nats inside; user-visible names carry their unit. The structure lives in
 `vdvae_config.py` (config, validation, parameter count), `vdvae_blocks.py` (modules) and
@@ -15,6 +15,12 @@ the group crosses a resolution. The feature update is added to the block's own r
 z_proj, the resblock and the `RmS` mix-ins run in order as usual. So the latents of a group are
 conditionally independent given earlier groups, parameters and FLOPs do not depend on G, and
 G = L is exactly the published model.
+
+Latents in and out, as the reference's `forward_get_latents` and `forward_manual_latents`:
+`encode` returns one posterior draw per block, `decode` runs the top-down pass from given latents
+(the rest from the prior at a temperature, t multiplying the prior std as in the paper's
+reduced-temperature samples, Section 5.2) and `params_to_images` turns its DMoL parameters into
+pixels; `sample` and `sample_with_fixed_latents` are these three composed.
 """
 
 from __future__ import annotations
@@ -51,8 +57,8 @@ class VDVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        # NHWC activations: a cifar10 training step on 2 CPU cores measured ~20% faster than
-        # NCHW (oneDNN skips its layout reorders), and it is cuDNN's preferred layout for bf16.
+        # NHWC activations: oneDNN skips its layout reorders (a faster CPU step than NCHW,
+        # docs/benchmarks.md), and it is cuDNN's preferred layout for bf16.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 
@@ -87,25 +93,25 @@ class VDVAE(nn.Module):
 
     def _noise_list(self, noise, n: int, generator, device) -> list[torch.Tensor]:
         """The standard-normal ε of every top-down block: given, or drawn from `generator`."""
-        shapes = [(n, self.config.zdim, b.resolution, b.resolution)
-                  for b in self.decoder.dec_blocks]
         if noise is None:
             dtype = self.decoder.gain.dtype
-            return [torch.randn(s, generator=generator, device=device, dtype=dtype)
-                    for s in shapes]
-        if len(noise) != len(shapes) or any(tuple(e.shape) != s for e, s in zip(noise, shapes)):
-            raise ValueError(f"noise: expected {len(shapes)} tensors shaped {shapes[:2]}..., got "
-                             f"{[tuple(e.shape) for e in noise][:2]}... ({len(noise)} tensors)")
+            return [torch.randn(self._latent_shape(n, j), generator=generator, device=device,
+                                dtype=dtype) for j in range(self.config.n_top_down)]
+        self._check_block_tensors("noise", noise, n, count=self.config.n_top_down)
         return list(noise)
 
     def _temperatures(self, temperature) -> list[float]:
+        """One latent temperature per top-down block, from one value or a list of L."""
         n_layers = self.config.n_top_down
         if isinstance(temperature, (int, float)):
-            return [float(temperature)] * n_layers
-        temperature = [float(t) for t in temperature]
+            temperature = [float(temperature)] * n_layers
+        else:
+            temperature = [float(t) for t in temperature]
         if len(temperature) != n_layers:
             raise ValueError(f"temperature: give one value or {n_layers} (one per top-down "
                              f"block), got {len(temperature)}")
+        if not all(math.isfinite(t) and t >= 0 for t in temperature):
+            raise ValueError(f"temperature: must be finite and >= 0, got {temperature}")
         return temperature
 
     # ------------------------------------------------------------------------- the ELBO
@@ -113,8 +119,8 @@ class VDVAE(nn.Module):
     def forward(self, images: torch.Tensor, noise: Sequence[torch.Tensor] | None = None,
                 generator: torch.Generator | None = None,
                 posterior_means: bool = False) -> dict[str, torch.Tensor]:
-        """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (spec/vdvae.md,
-        "Objective and evaluation").
+        """Negative ELBO with one posterior sample z = μ_q + σ_q·ε and analytic KLs (Child 2021:
+        no KL warm-up, no free bits).
 
         images: uint8 (N, C, H, W). noise: optional ε per top-down block (N, zdim, R, R), for
         common random numbers; otherwise drawn from `generator` (or the global RNG).
@@ -235,6 +241,139 @@ class VDVAE(nn.Module):
         self.decoder(n, activations, take_mean, self.config.n_top_down)
         return means
 
+    # ------------------------------------------------------------------ latents in and out
+
+    def block_resolutions(self) -> list[int]:
+        """The resolution R of every top-down block, in block order (non-decreasing): latent j
+        is (N, zdim, R_j, R_j)."""
+        return [block.resolution for block in self.decoder.dec_blocks]
+
+    def _latent_shape(self, n: int, j: int) -> tuple[int, int, int, int]:
+        r = self.decoder.dec_blocks[j].resolution
+        return (n, self.config.zdim, r, r)
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None,
+               noise: Sequence[torch.Tensor] | None = None,
+               n_blocks: int | None = None) -> list[torch.Tensor]:
+        """One posterior draw per top-down block: a list of z_j = μ_q + σ_q·ε_j, each
+        (N, zdim, R_j, R_j), in block order (the reference's `forward_get_latents`, the `z` of
+        each block's stats).
+
+        Along the sampled path: block j's q(z_j | x, z_<j) comes from the state the z_<j drawn
+        just before produced, as in the ELBO pass, so with the same ε (`noise`, or the same
+        `generator` seed) these are the latents `forward` uses. With effective depth G < L,
+        block j's q reads its group's start state: it depends on earlier groups' latents only.
+
+        n_blocks: only the first n_blocks blocks (default all L), the same draws as the first
+        n_blocks of a full encode, ε drawn for those blocks only. noise: their ε, (N, zdim, R_j,
+        R_j) each; otherwise drawn from `generator` in block order. Differentiable.
+        """
+        self._check_images(images)
+        n_layers = self.config.n_top_down
+        k = n_layers if n_blocks is None else n_blocks
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n_layers:
+            raise ValueError(f"n_blocks: must be an integer in 0..{n_layers}, got {n_blocks!r}")
+        n = images.shape[0]
+        if noise is not None:
+            self._check_block_tensors("noise", noise, n, count=k)
+        activations = self.encoder(self._network_input(images))
+        latents: list[torch.Tensor] = []
+
+        def posterior_draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
+            if j >= k:  # past the encoded blocks: any latent will do, the output is discarded
+                return _wide(prior[0])
+            q_mean, q_logstd = map(_wide, posterior)
+            eps = noise[j] if noise is not None else torch.randn(
+                q_mean.shape, generator=generator, device=q_mean.device, dtype=q_mean.dtype)
+            latents.append(q_mean + torch.exp(q_logstd) * eps)
+            return latents[-1]
+
+        self.decoder(n, activations, posterior_draw, posterior_blocks=k)
+        return latents
+
+    def decode(self, latents: Sequence[torch.Tensor], n: int | None = None,
+               temperature: float | Sequence[float] = 1.0,
+               generator: torch.Generator | None = None,
+               return_latents: bool = False):
+        """The top-down pass from given latents: DMoL parameters (N, M(1+3C), H, W), NCHW (the
+        reference's `out_net.forward(decoder.forward_manual_latents(n, latents, t))`, there
+        NHWC).
+
+        Blocks j < len(latents) use `latents[j]` verbatim, (N, zdim, R_j, R_j); every later
+        block draws z_j = μ_p + σ_p·t_j·ε from its prior given the state so far, ε from
+        `generator` in block order (none where t_j = 0: the prior mean). temperature: one value
+        or one per block (L; given blocks' entries unused). n: needed only when `latents` is
+        empty. With effective depth G < L a block's prior reads its group's start state, so a
+        free block does not see a given latent of its own group (later groups do). With
+        return_latents, also the L latents used (given, then drawn), to replay or extend a
+        draw. Differentiable.
+        """
+        temperatures = self._temperatures(temperature)
+        n = self._check_latents(latents, n)
+        given = list(latents)
+        used: list[torch.Tensor] = []
+        prior_draw = self._prior_draw(temperatures, generator)
+
+        def choose(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
+            used.append(given[j] if j < len(given) else prior_draw(j, None, prior))
+            return used[-1]
+
+        params = self.decoder(n, None, choose, posterior_blocks=0)
+        return (params, used) if return_latents else params
+
+    def params_to_images(self, params: torch.Tensor, pixel_temperature: float = 1.0,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """DMoL parameters from `decode` -> uint8 images (N, C, H, W).
+
+        pixel_temperature 1 samples the likelihood; in between, the Gumbel noise that picks the
+        component and the logistic noise inside it are both scaled by it. 0 is the mode used by
+        figures: at every pixel the most likely mixture component (argmax of its logits) and
+        that component's mean, channels coupled in order (RGB), rounded to the n-bit grid; this
+        is the modal component's mean, not the mode of the whole mixture. Every pixel
+        temperature, 0 included, draws the same uniforms from `generator`, so the generator
+        advances alike; at 0 the output does not depend on them.
+        """
+        c = self.config
+        if params.dim() != 4 or tuple(params.shape[1:]) != (c.out_channels, c.image_size,
+                                                            c.image_size):
+            raise ValueError(f"params: expected DMoL parameters (N, {c.out_channels}, "
+                             f"{c.image_size}, {c.image_size}), got {tuple(params.shape)}")
+        values = dmol_sample(params, c.image_channels, c.n_bits, pixel_temperature, generator)
+        return dmol_grid_to_uint8(values, c.n_bits)
+
+    def _check_block_tensors(self, name: str, tensors: Sequence[torch.Tensor], n: int,
+                             count: int) -> None:
+        """`tensors` must be the first `count` blocks' (n, zdim, R_j, R_j) tensors."""
+        if len(tensors) != count:
+            raise ValueError(f"{name}: expected {count} tensors (one per block), got "
+                             f"{len(tensors)}")
+        for j, t in enumerate(tensors):
+            shape = self._latent_shape(n, j)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or \
+                    not t.is_floating_point():
+                got = (f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor)
+                       else type(t).__name__)
+                raise ValueError(f"{name}[{j}]: expected a float tensor {shape} (block {j} at "
+                                 f"resolution {shape[-1]}), got {got}")
+
+    def _check_latents(self, latents: Sequence[torch.Tensor], n: int | None) -> int:
+        """The batch size of a decode call; ValueError naming what does not fit."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"n: must be a positive integer, got {n!r}")
+        if len(latents) > self.config.n_top_down:
+            raise ValueError(f"latents: at most {self.config.n_top_down} (one per top-down "
+                             f"block), got {len(latents)}")
+        if not latents and n is None:
+            raise ValueError("n: needed when latents is empty (the batch size to sample)")
+        if n is None:
+            n = latents[0].shape[0] if isinstance(latents[0], torch.Tensor) else 0
+        self._check_block_tensors("latents", latents, n, len(latents))
+        device = self.decoder.gain.device
+        for j, z in enumerate(latents):
+            if z.device != device:
+                raise ValueError(f"latents[{j}]: on {z.device}, but the model is on {device}")
+        return n
+
     # ---------------------------------------------------------------------------- sampling
 
     def _prior_draw(self, temperatures: list[float], generator):
@@ -247,21 +386,16 @@ class VDVAE(nn.Module):
             return p_mean + torch.exp(p_logstd) * (temperatures[j] * eps)
         return draw
 
-    def _to_images(self, params: torch.Tensor, pixel_temperature: float, generator):
-        values = dmol_sample(params, self.config.image_channels, self.config.n_bits,
-                             pixel_temperature, generator)
-        return dmol_grid_to_uint8(values, self.config.n_bits)
-
     @torch.no_grad()
     def sample(self, n: int, temperature: float | Sequence[float] = 1.0,
                generator: torch.Generator | None = None,
                pixel_temperature: float = 1.0) -> torch.Tensor:
-        """n unconditional samples, uint8 (n, C, H, W): z_j ~ p with std × temperature (one value
-        or one per block), then DMOL sampling (`pixel_temperature` 0: the modal component's mean).
-        Latent and pixel temperature 0 make the output deterministic."""
-        draw = self._prior_draw(self._temperatures(temperature), generator)
-        params = self.decoder(n, None, draw, posterior_blocks=0)
-        return self._to_images(params, pixel_temperature, generator)
+        """n unconditional samples, uint8 (n, C, H, W): `decode` from no latents (z_j ~ p with
+        std × temperature, one value or one per block), then `params_to_images` at
+        `pixel_temperature` (0: the modal component's mean). Latent and pixel temperature 0
+        make the output deterministic."""
+        params = self.decode([], n=n, temperature=temperature, generator=generator)
+        return self.params_to_images(params, pixel_temperature, generator)
 
     @torch.no_grad()
     def sample_with_fixed_latents(self, images: torch.Tensor, k: int,
@@ -269,25 +403,16 @@ class VDVAE(nn.Module):
                                   generator: torch.Generator | None = None,
                                   pixel_temperature: float = 1.0) -> torch.Tensor:
         """One sample per image, uint8 (N, C, H, W): the first k blocks' latents are posterior
-        draws given the image, the rest come from the prior (the paper's Figure 4); k = L
-        reconstructs."""
+        draws given the image (`encode`), the rest come from the prior (`decode`; the paper's
+        Figure 4); k = L reconstructs. ε is drawn in block order, then the pixels."""
         self._check_images(images)
         if not 0 <= k <= self.config.n_top_down:
             raise ValueError(f"k: must be in 0..{self.config.n_top_down}, got {k}")
-        n = images.shape[0]
-        activations = self.encoder(self._network_input(images))
-        prior_draw = self._prior_draw(self._temperatures(temperature), generator)
-
-        def draw(j: int, posterior: Gaussian | None, prior: Gaussian) -> torch.Tensor:
-            if j >= k:
-                return prior_draw(j, None, prior)
-            q_mean, q_logstd = map(_wide, posterior)
-            eps = torch.randn(q_mean.shape, generator=generator, device=q_mean.device,
-                              dtype=q_mean.dtype)
-            return q_mean + torch.exp(q_logstd) * eps
-
-        params = self.decoder(n, activations, draw, posterior_blocks=k)
-        return self._to_images(params, pixel_temperature, generator)
+        temperatures = self._temperatures(temperature)
+        latents = self.encode(images, generator=generator, n_blocks=k)
+        params = self.decode(latents, n=images.shape[0], temperature=temperatures,
+                             generator=generator)
+        return self.params_to_images(params, pixel_temperature, generator)
 
     # --------------------------------------------------------------------------- checkpoints
 
@@ -321,4 +446,4 @@ FAMILY = registry.register(registry.Family(
     load_weights=VDVAE.load_reference_state_dict,
     reference_presets=("cifar10", "imagenet32", "imagenet64", "ffhq256", "ffhq1024"),
     capabilities=frozenset({registry.IW_NLL, registry.KL_PER_LAYER, registry.ACTIVE_UNITS,
-                            registry.ACTIVATION_CHECKPOINTING})))
+                            registry.ACTIVATION_CHECKPOINTING, registry.LATENTS})))

@@ -1,5 +1,6 @@
-"""VDVAE building blocks (Child 2021; spec/vdvae.md "Blocks"): the bottleneck residual block, the
-bottom-up encoder and the top-down decoder.
+"""VDVAE building blocks (Child 2021, the architecture section; the public reference
+implementation's `Block`, `DecBlock`): the bottleneck residual block, the bottom-up encoder and
+the top-down decoder.
 
 Module and parameter names follow the released checkpoints of the public reference, so a reference
 state dict loads key for key: `encoder.in_conv`, `encoder.enc_blocks.N.c1..c4`,
@@ -66,8 +67,7 @@ class Bottleneck(nn.Module):
     def _inner(self, *activated: torch.Tensor) -> torch.Tensor:
         """GELU(c3(GELU(c2(GELU(c1(cat(activated))))))), the input to c4. With several inputs
         c1 is one conv per input with its slice of the weight, summed: the same map without
-        building the concatenation (and ~2x faster in backward on CPU for the posterior's
-        [state, activation])."""
+        building the concatenation, whose backward costs more on CPU (docs/benchmarks.md)."""
         if len(activated) == 1:
             h = self.c1(activated[0])
         else:

@@ -1,5 +1,5 @@
 """VDVAE configuration: the frozen dataclass, its validation, an analytic parameter count and the
-width search for parameter-matched comparisons (VDVAE, Child 2021; spec/vdvae.md).
+width search for parameter-matched comparisons (VDVAE, Child 2021, and its reference code).
 
 Every impossible combination is a `ValueError` raised at construction that names the field.
 """

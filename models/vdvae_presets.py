@@ -1,5 +1,6 @@
-"""Named VDVAE configurations: the five published models (Child 2021; spec/vdvae.md; parameter
-counts exact) and small ones for CPU work. Each value is a dict of `VDVAEConfig` fields."""
+"""Named VDVAE configurations: the five published models (Child 2021 and the hyperparameters of its
+reference implementation, openai/vdvae; parameter counts exact) and small ones for CPU work. Each
+value is a dict of `VDVAEConfig` fields."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ PRESETS: dict[str, dict] = {
         dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x20,64m32,64x14,128m64,128x7,256m128,"
                    "256x2,512m256,1024m512",
         input_unit_interval=True, input_shift=-0.4387, input_scale=1.0 / 0.2743),
-    # The CPU prototype of spec/cpu-scale.md (Fashion-MNIST, 14 top-down blocks): 403,188
+    # The CPU-scale prototype (docs/benchmarks.md; Fashion-MNIST, 14 top-down blocks): 403,188
     # parameters in the reference layout. The prototype reported 402,735 = ours less the 5 unused
     # grey-image DMOL coefficient channels (5 × 65) and less the decoder's gain and bias (2 × 64).
     # Input statistics: Fashion-MNIST pixel mean 72.94 and std 90.0 (0..255).
@@ -54,7 +55,7 @@ PRESETS: dict[str, dict] = {
         enc_blocks="28x1,28d2,14x1,14d2,7x1,7d7,1x1",
         dec_blocks="1x1,7m1,7x1,14m7,28m14",
         input_shift=-72.94, input_scale=1.0 / 90.0),
-    # The architecture of ../shared/vdvae_reference/vdvae_tiny_cifar.pt (13 blocks, 32×32 RGB).
+    # The architecture of the public reference's tiny CIFAR test model (13 blocks, 32×32 RGB).
     "cifar10_tiny": dict(
         width=32, zdim=16, num_mixtures=10, image_size=32, image_channels=3,
         enc_blocks="32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2",

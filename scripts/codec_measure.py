@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.sources import load_images  # noqa: E402
 from harness.engine import lossless  # noqa: E402
+from harness.engine.lossless import bits_back  # noqa: E402
 from harness.engine.lossless.rows import model_bits_per_dim  # noqa: E402
 from harness.run.compress_command import load_model  # noqa: E402
 from models.likelihoods import dmol_nats_per_dim, nats_to_bits, uint8_to_dmol_target  # noqa: E402
@@ -165,9 +166,9 @@ def main() -> None:
     codec.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",")],
                        default=[32])
     codec.add_argument("--bin-widths", type=lambda s: [float(v) for v in s.split(",")],
-                       default=[1 / 64])
+                       default=[bits_back.DEFAULT_BIN_WIDTH])
     codec.add_argument("--range-stds", type=lambda s: [float(v) for v in s.split(",")],
-                       default=[64.0])
+                       default=[bits_back.DEFAULT_RANGE_STDS])
     codec.set_defaults(func=cmd_codec)
     args = parser.parse_args()
     args.func(args)

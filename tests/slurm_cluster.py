@@ -1,4 +1,4 @@
-"""A one-node Slurm cluster on this machine, for the launcher tests (issue 13).
+"""A one-node Slurm cluster on this machine, for the launcher tests.
 
 `start_cluster(folder)` writes a minimal `slurm.conf` into `folder` (temp state, spool, pid and
 log files; localhost only; accounting off; short credential lifetime and scheduler interval so a

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from harness.run.cell import read_status
+from harness.run.results_folder import read_status
 from harness.run.launchers import gpus
 from harness.run.runner import run_experiment
 

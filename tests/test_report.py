@@ -199,13 +199,20 @@ def test_missing_data_is_skipped_with_notes_and_stale_figures_removed(built, tmp
     assert "## Figures skipped" in (report.directory / "report.md").read_text()
 
 
-def test_cli_report_writes_to_reports_in_the_current_directory(tmp_path, monkeypatch, capsys):
+def test_cli_report_goes_beside_its_results(tmp_path, monkeypatch, capsys):
+    """One rule for run and report: RESULTS/<exp>.pdf and RESULTS/<exp>/, whatever the current
+    directory; nothing is written there."""
     results = builder.build_results(tmp_path / "results", variant="minimal")
-    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     assert main(["report", str(results)]) == 0
-    assert (tmp_path / "reports" / "fixture_sweep.pdf").is_file()
-    assert (tmp_path / "reports" / "fixture_sweep" / "tables" / "summary.csv").is_file()
-    assert "reports/fixture_sweep.pdf" in capsys.readouterr().out
+    assert (results / "fixture_sweep.pdf").is_file()
+    assert (results / "fixture_sweep" / "tables" / "summary.csv").is_file()
+    assert list(elsewhere.iterdir()) == []
+    assert f"{results}/fixture_sweep.pdf" in capsys.readouterr().out
+    assert main(["report", str(results), "--out", str(tmp_path / "chosen")]) == 0
+    assert (tmp_path / "chosen" / "fixture_sweep.pdf").is_file()
 
 
 def test_empty_or_missing_folder_is_a_user_error(tmp_path, capsys):

@@ -19,7 +19,7 @@ from harness.cli import main
 from harness.contract import SUMMARY_COLUMNS
 from harness.experiment.load import load_experiment
 from harness.run import locks
-from harness.run.cell import CellContext, read_status
+from harness.run.results_folder import CellContext, read_status
 from harness.run.launchers import slurm
 from harness.run.launchers.slurm_job import CellJob
 

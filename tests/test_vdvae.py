@@ -14,7 +14,7 @@ from models.vdvae import PRESETS, VDVAE, VDVAEConfig, parameter_count, width_for
 
 PUBLISHED_PARAMS = {"cifar10": 39_145_700, "imagenet32": 119_280_868, "imagenet64": 125_005_860,
                     "ffhq256": 114_874_852, "ffhq1024": 109_366_904}
-# spec/cpu-scale.md reports 402,735 for its prototype; the reference architecture gives 403,188
+# The CPU-scale prototype reported 402,735 parameters; the reference architecture gives 403,188
 # (test_fmnist_400k_differs_from_the_prototype_by_two_named_parts explains the 453).
 SMALL_PARAMS = {"fmnist_400k": 403_188, "fmnist_tiny": 26_272, "cifar10_tiny": 147_996}
 

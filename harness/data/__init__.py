@@ -4,7 +4,7 @@
     splits = load_dataset("fashion_mnist")          # 55,000 / 5,000 / 10,000, (1, 28, 28)
     batch = splits.train[torch.arange(32)]          # uint8 (32, 1, 28, 28)
 
-Splits follow spec/data.md exactly (the openai/vdvae reference's permutations and seeds).
+Splits follow the openai/vdvae reference exactly (its permutations and seeds; each module says how).
 Large sets are `LazyImages` over memory-mapped files: index batches, never convert the whole set.
 `harness datasets` prints where every dataset was found, its split sizes and checksum status.
 """

@@ -1,6 +1,6 @@
 """CIFAR-10, python version: `cifar-10-batches-py/` pickles or `cifar-10-python.tar.gz`.
 
-Split (spec/data.md, the reference's sklearn `train_test_split(test_size=5000,
+Split (the reference's sklearn `train_test_split(test_size=5000,
 random_state=11172018)`): `perm = RandomState(11172018).permutation(50000)`,
 validation = `x[perm[:5000]]`, train = `x[perm[5000:]]`; test = the official `test_batch`.
 Rows are stored as (N, 3072) = red, green, blue planes of 32x32, so they reshape to

@@ -1,7 +1,7 @@
 """FFHQ (Karras et al. 2019) at 256x256 and 1024x1024, as the VDVAE setup uses it.
 
 `ffhq256`: `ffhq-256.npy` (70,000 x 256 x 256 x 3 uint8, memory-mapped) or a folder of 256x256
-PNGs (searched recursively, sorted relative paths). Split (spec/data.md): `perm =
+PNGs (searched recursively, sorted relative paths). Split (the reference's): `perm =
 RandomState(5).permutation(70000)`, train = `x[perm[:-7000]]`, validation = test =
 `x[perm[-7000:]]` (the reference has no separate test set). Option `n_bits` (8 or 5) records the
 bit depth the model quantises to (VDVAE trains FFHQ-256 at 5 bits); the pixels stay uint8 here.

@@ -47,7 +47,7 @@ def count_images(folder: Path) -> int:
     return sum(1 for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_SUFFIXES))
 
 
-def _scan_headers(files: list[Path]) -> list[tuple[tuple[int, int], str]]:
+def scan_headers(files: list[Path]) -> list[tuple[tuple[int, int], str]]:
     """((width, height), mode) of every file from its header, without decoding pixels."""
     from PIL import Image, UnidentifiedImageError
 
@@ -102,7 +102,7 @@ def load_image_folder(data_dir: Path | None, *, path: str | Path | None = None,
     files = list_images(folder, recursive=True)
     if not files:
         raise UserError(f"dataset '{NAME}': no .png/.jpg/.jpeg files under {folder}")
-    headers = _scan_headers(files)
+    headers = scan_headers(files)
     if size_hw is None:
         (width, height), _ = headers[0]
         for file, ((w, h), _) in zip(files, headers):

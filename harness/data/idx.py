@@ -1,14 +1,14 @@
 """MNIST and Fashion-MNIST from IDX files (`*-ubyte.gz` or plain).
 
-Splits (spec/data.md): validation = last 5,000 of `np.random.seed(split_seed);
+Splits (the openai/vdvae reference's): validation = last 5,000 of `np.random.seed(split_seed);
 np.random.permutation(60000)`, train = the other 55,000 in that permuted order, test = the
 official 10,000 in file order. Default `split_seed` is 0 (recorded in provenance).
 
-Only the image files are read; labels play no part in density modelling. Checksums are taken of
-the decompressed IDX bytes: Fashion-MNIST's are verified against spec/data.md (Debian re-gzips
-the files, so the .gz bytes differ from upstream). For MNIST no decompressed checksum is known
-here; a `.gz` is verified when its md5 equals the canonical archive's, otherwise the checksum is
-recorded but unverified, and provenance says so.
+Only the image files are read; labels play no part in density modelling. Checksums are taken of the
+decompressed IDX bytes: Fashion-MNIST's are verified against `FASHION_MNIST_SHA256` (Debian re-gzips
+the files, so the .gz bytes differ from upstream). For MNIST no decompressed checksum is known here;
+a `.gz` is verified when its md5 equals the canonical archive's, otherwise the checksum is recorded
+but unverified, and provenance says so.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ IMAGE_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-uby
 DEFAULT_SPLIT_SEED = 0
 VALIDATION_SIZE = 5000
 
-# Decompressed sha256 (spec/data.md). Tests replace these tables to load their own fixtures.
+# Decompressed sha256 of the official Fashion-MNIST files. Tests replace these tables to load
+# their own fixtures.
 FASHION_MNIST_SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",

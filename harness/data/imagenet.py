@@ -4,7 +4,7 @@
 setup's `imagenet{r}-train.npy` / `imagenet{r}-valid.npy` (uint8 N, r, r, 3), or the PNG
 folders `train_{r}x{r}/` and `valid_{r}x{r}/` they were built from (sorted file names; the npy
 row order may differ, so the validation split then differs, while test is the same images).
-Split (spec/data.md): `perm = RandomState(42).permutation(n_train)`, validation =
+Split (the reference's): `perm = RandomState(42).permutation(n_train)`, validation =
 `x[perm[-5000:]]`, train = `x[perm[:-5000]]`; test = the official valid set (49,999 images).
 
 `imagenet32_downsampled` / `imagenet64_downsampled` (Chrabaszcz et al. 2017, image-net.org

@@ -106,7 +106,7 @@ def get_entry(name: str) -> DatasetEntry:
 
 
 def load_dataset(name: str, data_dir: Path | None = None, **options) -> DatasetSplits:
-    """Load `name`'s train / validation / test splits (see spec/data.md for each split)."""
+    """Load `name`'s train / validation / test splits (each dataset module documents its split)."""
     entry = get_entry(name)
     for option in options:
         if option not in entry.options:

@@ -5,12 +5,8 @@ glibc's malloc serves the large tensors of a step (the PixelCNN's 256-way logits
 next step touches new pages and pays a page fault for each 4 KiB of them. `keep_freed_memory`
 keeps what a step frees for the next one: allocations up to 32 MiB (glibc's largest mmap
 threshold) come from the heap, and the heap is never trimmed. Memory then stays at the process's
-peak, which the rows already report as the cell's peak memory.
-
-Measured on a 2-core AMD EPYC, one thread, batch 32, the step timer of benchmarks/step_timing.py
-alternated four times: the parameter-matched Gated PixelCNN's training step 0.659 → 0.600 s
-(1.10×); the fmnist_400k VDVAE's within noise. The same setting through glibc's environment
-variables gave 0.596 s; jemalloc (its default decay returns memory) made both slower, 1.5-1.8×.
+peak, which the rows already report as the cell's peak memory. What it gains, and the
+allocators tried instead: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Every image is encoded on its own with Pillow, headers included, at the codec's best lossless
 setting (PNG: zlib level 9 with `optimize`; WebP: `lossless`, quality 100, method 6), as in the
-Bit-Swap comparison (Kingma et al. 2019, Table 2) that ../shared/spec/data.md quotes: bits/dim =
-8 · bytes / (C · H · W). One-channel images are saved as mode "L", three-channel ones as "RGB".
-A density model that loses to these on the same split has not learned much.
+Bit-Swap comparison (Kingma et al. 2019, Table 2): bits/dim = 8 · bytes / (C · H · W). One-channel
+images are saved as mode "L", three-channel ones as "RGB". A density model that loses to these on
+the same split has not learned much.
 """
 
 from __future__ import annotations

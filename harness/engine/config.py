@@ -97,12 +97,11 @@ class EvalConfig:
     image); `iw_chunk_size` is the number of the k samples per decoder pass.
 
     `batch_size` None picks 512 on a GPU and 32 on a CPU: on a CPU large batches are slower per
-    image (1 thread, shared 2-core machine: PixelCNN cpu_mnist 990 images/s at 32, 465 at 64;
-    VDVAE fmnist_400k ~115 at 8-48, 52 at 500), as big activations spill the caches and are
-    allocated afresh by the kernel. `active_units_max_images` bounds the test images whose posterior
+    image, as big activations spill the caches and are allocated afresh by the kernel
+    (docs/benchmarks.md). `active_units_max_images` bounds the test images whose posterior
     means (collected in the ELBO pass itself, no extra pass) count for active units (None =
-    every test image). Paired comparisons need the same
-    batch size (and noise seed) for every model: posterior noise is seeded per batch."""
+    every test image). Paired comparisons need the same batch size (and noise seed) for every
+    model: posterior noise is seeded per batch."""
 
     batch_size: PositiveInt | None = None
     weights: tuple[Weights, ...] = ("raw", "ema")
@@ -124,6 +123,17 @@ class EvalConfig:
     flops: bool = True
     active_unit_threshold: NonNegativeFloat = 0.01
     active_units_max_images: PositiveInt | None = None
+    # The hierarchy figures (families with latents in and out): samples per figure row count
+    # (0 turns the study off) and test images kept fixed at the top.
+    hierarchy_samples: NonNegativeInt = 8
+    hierarchy_images: PositiveInt = 4
+    # Sample quality: samples scored against the first min(quality_samples, N_test / 2) test
+    # images (the next as many give the real-vs-real floor); 0 turns the study off. Features:
+    # "random_cnn" (offline, seeded) or "inception" (the standard FID network, from the
+    # weights file `quality_inception_weights`).
+    quality_samples: NonNegativeInt = 1000
+    quality_features: Literal["random_cnn", "inception"] = "random_cnn"
+    quality_inception_weights: str | None = None
     # The lossless-codec studies (harness.engine.studies.lossless_codec): real files of the
     # first `codec_images` test images (0: off), coded `codec_batch_size` at a time (the
     # bits-back codec's one-off initial bits grow with it).

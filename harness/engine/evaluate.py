@@ -30,7 +30,7 @@ from harness.engine.config import EvalConfig
 from harness.engine.eval_progress import PhaseProgress
 from harness.engine.passes import LatentMoments, as_image_set, likelihood_pass
 from harness.engine.sampling import samplers
-from harness.engine.studies import POSTERIOR_MEANS, SAMPLES, Study, StudyContext
+from harness.engine.studies import POSTERIOR_MEANS, SAMPLES, Study, StudyContext, StudySkipped
 from harness.errors import UserError
 from models import registry
 
@@ -56,8 +56,8 @@ def chosen_studies(family: registry.Family, config: EvalConfig
     return running, skipped
 
 
-def sample_set_size(running: list[Study], config: EvalConfig) -> int:
-    return max([s.n_samples(config) for s in running if SAMPLES in s.reads] or [0])
+def sample_set_size(running: list[Study], config: EvalConfig, n_test: int) -> int:
+    return max([s.n_samples(config, n_test) for s in running if SAMPLES in s.reads] or [0])
 
 
 class _SampleSet:
@@ -93,9 +93,14 @@ class _SampleSet:
 def _run_study(study: Study, context: StudyContext, label: str,
                record: dict[str, Any]) -> list[dict[str, Any]]:
     start = time.perf_counter()
-    rows = study.run(context)
-    wall_s = time.perf_counter() - start
     key = study.name if context.weights is None else f"{study.name}[{context.weights}]"
+    try:
+        rows = study.run(context)
+    except StudySkipped as skip:
+        record[key] = {"status": "skipped", "reason": str(skip)}
+        print(f"{label + ': ' if label else ''}{key} skipped: {skip}", file=sys.stderr, flush=True)
+        return []
+    wall_s = time.perf_counter() - start
     record[key] = {"status": "done", "wall_s": wall_s, "rows": len(rows)}
     if wall_s >= 2.0:
         print(f"{label + ': ' if label else ''}{key}: {wall_s:.1f} s", file=sys.stderr,
@@ -115,7 +120,7 @@ def _relabelled(rows: list[dict[str, Any]], source: str, name: str,
 def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
              config: EvalConfig, out_dir: Path,
              info: distributed.DistInfo | None = None, train_images=None,
-             label: str = "") -> list[dict[str, Any]]:
+             label: str = "", cache_dir: Path | None = None) -> list[dict[str, Any]]:
     """Evaluate each of `config.weights` (keys of `models`: "raw", "ema", models of `family`) on
     every test image with every study that applies; returns tidy rows (docs/results.md), the
     caller adds experiment, cell, model and dataset. The caller's RNG state is left as it was.
@@ -124,7 +129,8 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
 
     test_images: uint8 (N, C, H, W) tensor or array, in test-split order (possibly
     memory-mapped; only one batch at a time is read). train_images: the same for the training
-    split, for studies that read it. label: the cell's name in progress lines.
+    split, for studies that read it. label: the cell's name in progress lines. cache_dir: a
+    folder shared by the run's cells (inputs computed once per run, e.g. train-set features).
 
     Under torchrun (`info`, default: the initialised process group; collective, every rank
     calls it) the likelihood passes are sharded over the ranks (`likelihood_pass`); rank 0 then
@@ -177,16 +183,17 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
             context = StudyContext(model=model, family=family, images=test_images,
                                    config=config, out_dir=out_dir, weights=name,
                                    likelihood=arrays, eval_images_per_s=images_per_s,
-                                   moments=moments[name], label=label)
+                                   moments=moments[name], label=label, cache_dir=cache_dir)
             for study in running:
                 if study.scope == "weights":
                     rows += _run_study(study, context, label, record)
         sampling_model = chosen.get("ema", next(iter(chosen.values())))
         sample_set = _SampleSet(sampling_model, family, config,
-                                sample_set_size(running, config), out_dir, label)
+                                sample_set_size(running, config, n), out_dir, label)
         context = StudyContext(model=sampling_model, family=family, images=test_images,
                                config=config, out_dir=out_dir, samples=sample_set,
-                               train_images=lambda: train_images, label=label)
+                               train_images=lambda: train_images, label=label,
+                               cache_dir=cache_dir)
         for study in running:
             if study.scope == "cell":
                 rows += _run_study(study, context, label, record)

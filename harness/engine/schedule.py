@@ -1,17 +1,17 @@
 """Learning-rate schedule and bias-corrected EMA of the weights.
 
-* `lr_at_update(u, ...)`: the learning rate of the u-th optimiser iteration (u = 1, 2, ...):
-  linear warm-up from lr/warmup_steps to lr over `warmup_steps` iterations (the VDVAE recipe
-  warms up over 100 steps, ../shared/spec/vdvae.md), then constant, cosine or linear decay to
-  `lr * final_fraction` at `total_steps`. Iterations count whether or not the update was
-  skipped, as the reference's scheduler does.
-* `EMA`: exponential moving average of the parameters, updated on applied updates only. With
-  bias correction (default) the average starts at zero and is divided by 1 - rate^n, n = applied
-  updates, exactly as Adam corrects its moments (Kingma & Ba 2015, Section 3): the weights of a
-  short run are then an average of that run's recent weights rather than being dominated by the
-  initial ones (../shared/spec/cpu-scale.md: EMA 0.999 over 1,600 steps scored ~1.5 bits/dim
-  worse than the raw weights without it). Without bias correction the average starts at the
-  initial weights (the reference implementation's behaviour).
+* `lr_at_update(u, ...)`: the learning rate of the u-th optimiser iteration (u = 1, 2, ...): linear
+  warm-up from lr/warmup_steps to lr over `warmup_steps` iterations (the VDVAE recipe warms up over
+  100 steps: Child 2021's reference implementation), then constant, cosine or linear decay to `lr *
+  final_fraction` at `total_steps`. Iterations count whether or not the update was skipped, as the
+  reference's scheduler does.
+* `EMA`: exponential moving average of the parameters, updated on applied updates only. With bias
+  correction (default) the average starts at zero and is divided by 1 - rate^n, n = applied updates,
+  exactly as Adam corrects its moments (Kingma & Ba 2015, Section 3): the weights of a short run are
+  then an average of that run's recent weights rather than being dominated by the initial ones (the
+  CPU-scale prototype in docs/benchmarks.md: EMA 0.999 over 1,600 steps scored ~1.5 bits/dim worse
+  than the raw weights without it). Without bias correction the average starts at the initial
+  weights (the reference implementation's behaviour).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One training loop for every model family that returns a per-image loss.
 
-Implements the VDVAE training recipe (Child 2021 and its reference implementation; see
-../shared/spec/vdvae.md "Training recipe"): AdamW, linear LR warm-up, gradient-norm clipping,
+Implements the VDVAE training recipe (Child 2021 and its reference implementation,
+openai/vdvae): AdamW, linear LR warm-up, gradient-norm clipping,
 **update skipping** when the pre-clip gradient norm reaches `skip_threshold` or the loss is not
 finite, and an EMA of the weights updated on applied updates only (bias-corrected by default:
 harness.engine.schedule).
@@ -168,8 +168,8 @@ class _Run:
                 self.forward, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=config.ddp_find_unused_parameters)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # The fused kernel: one pass over each parameter instead of a chain of foreach ops;
-        # 0.357 -> 0.353 s per fmnist_400k step on one CPU thread, the same update to rounding.
+        # The fused kernel: one pass over each parameter instead of a chain of foreach ops, the
+        # same update to float rounding.
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay,
                                            fused=device.type in ("cpu", "cuda"))

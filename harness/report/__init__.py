@@ -1,17 +1,18 @@
 """`harness report`: tables, figures and a PDF as pure functions of a results folder.
 
-    build_report(Path("results/depth_sweep")) -> Path("reports/depth_sweep.pdf")
+    build_report(Path("results/depth_sweep")) -> Path("results/depth_sweep/depth_sweep.pdf")
 
-Output layout, for `out_dir` (default `reports/`, relative to the current directory) and the
-experiment name `<exp>` (plan.json / experiment.yaml / the rows' `experiment` / folder name):
+One rule: the report goes beside its results. Output layout, for `out_dir` (default: the
+results folder itself; `harness report --out DIR` chooses another) and the experiment name
+`<exp>` (plan.json / experiment.yaml / the rows' `experiment` / folder name):
 
     <out_dir>/<exp>.pdf                     title page, table pages, one page per figure
     <out_dir>/<exp>/report.md               the same as Markdown (links to the PNGs)
     <out_dir>/<exp>/tables/<name>.{csv,md,tex}
     <out_dir>/<exp>/figures/<name>.png
 
-The runner's `--results DIR` case passes `out_dir=DIR`, which gives `DIR/<exp>.pdf` and
-`DIR/<exp>/`. Every file goes through `harness.atomic`. Inputs are read only (docs/results.md);
+`harness run` and `harness report RESULTS` therefore both write `RESULTS/<exp>.pdf` and
+`RESULTS/<exp>/`. Every file goes through `harness.atomic`. Inputs are read only (docs/results.md);
 nothing here touches a model.
 """
 
@@ -26,6 +27,7 @@ import matplotlib
 from harness.atomic import write_bytes, write_text
 from harness.errors import UserError
 from harness.report import figures as figs
+from harness.report import figures_latents, quality
 from harness.report.format import Table, markdown_document, to_csv, to_latex
 from harness.report.load import Results, load_results
 from harness.report.overview import Overview, build_overview
@@ -80,6 +82,8 @@ def _figures(results: Results, paired) -> list[figs.Rendered]:
     rendered.append(figs.sampling_throughput(metrics, summary))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "kl_bits_per_dim"))
     rendered.append(figs.layer_heatmap(metrics, summary, weights, "active_units"))
+    rendered.append(quality.bits_vs_quality(metrics, summary))
+    rendered += figures_latents.hierarchy_figures(results, weights)
     rendered.append(figs.training_curves(
         summary, {name: files.train_log for name, files in results.cells.items()}))
     rendered += figs.sample_grids(
@@ -116,7 +120,7 @@ def _markdown_report(overview: Overview, tables: list[Table], produced: list[fig
 def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
     """`build_report`, returning everything it wrote (for the runner and the tests)."""
     results = load_results(Path(results_dir))
-    out_dir = Path("reports") if out_dir is None else Path(out_dir)
+    out_dir = Path(results_dir) if out_dir is None else Path(out_dir)
     directory = out_dir / results.experiment
     if directory.resolve() == (results.root / "cells").resolve():
         raise UserError(f"report folder {directory} would be the results' cells/ folder; "
@@ -126,7 +130,9 @@ def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
         summary = summary_table(results.summary)
         published = published_tables()
         others = [t for t in (depth_means_table(results.summary), paired_table(paired),
-                              sampling_table(results.metrics, results.summary)) if t is not None]
+                              sampling_table(results.metrics, results.summary),
+                              quality.quality_table(results.metrics, results.summary))
+                  if t is not None]
         rendered = _figures(results, paired)
         produced = [r for r in rendered if r.figure is not None]
         skipped = [r for r in rendered if r.figure is None]
@@ -154,7 +160,9 @@ def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
 
 
 _KNOWN_FIGURES = ("bits_vs_depth", "paired_differences", "bits_vs_params", "sampling_throughput",
-                  "kl_per_layer", "active_units_per_layer", "training_curves", "samples")
+                  "kl_per_layer", "active_units_per_layer", "training_curves", "samples",
+                  "bits_by_resolution", "generation_by_resolution", "fixed_top_resampled_below",
+                  "temperature_sweep", "reconstructions", "bits_vs_sample_quality")
 
 
 def _remove_stale(directory: Path, tables: set[str], figures: set[str]) -> None:

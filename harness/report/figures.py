@@ -1,7 +1,8 @@
 """The report's figures, each a pure function of result rows returning a `Rendered`.
 
-Figures are built on `matplotlib.figure.Figure` directly (no pyplot): no GUI backend, no global
-figure registry, nothing left open. A figure whose data is absent comes back with `figure=None`
+Figures are built on `matplotlib.figure.Figure` directly (no pyplot figures): no GUI window, no
+global figure registry, nothing left open. The per-layer heatmaps are drawn by seaborn onto such a
+figure's axes. A figure whose data is absent comes back with `figure=None`
 and the reason in `note`; the report lists it as skipped.
 
 Depth figures follow the VDVAE depth ablation (Child 2021, Section 5.2: bits/dim against
@@ -327,27 +328,22 @@ def layer_heatmap(metrics: pd.DataFrame, summary: pd.DataFrame, weights: str | N
     matrix, used = _layer_matrix(metrics, summary, metric, weights)
     if matrix.empty:
         return skipped(name, title, f"no {metric} rows with a layer in metrics.jsonl")
+    import seaborn as sns  # here, not at import: it loads pyplot, which only this figure needs
+
     height = min(1.6 + 0.28 * len(matrix), 9.0)
     fig = Figure(figsize=(FIGSIZE[0], max(height, 3.0)))
     ax = fig.add_subplot()
     values = matrix.to_numpy(dtype=float)  # (cells, layers)
-    image = ax.imshow(values, aspect="auto", cmap="magma_r" if is_kl else "viridis",
-                      interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="KL bits/dim" if is_kl else "active units", shrink=0.9)
-    ax.set_xticks(range(values.shape[1]))
-    ax.set_xticklabels([str(c) for c in matrix.columns])
-    ax.set_yticks(range(values.shape[0]))
-    ax.set_yticklabels(_cell_labels(summary, matrix.index))
+    # seaborn leaves missing cells blank and picks each number's colour from the luminance of
+    # the colour under it, so the numbers stay legible on any colormap.
+    sns.heatmap(values, ax=ax, cmap="magma_r" if is_kl else "viridis",
+                annot=values.size <= 400, fmt=".2f" if is_kl else ".0f",
+                annot_kws={"fontsize": 5.5},
+                xticklabels=[str(c) for c in matrix.columns],
+                yticklabels=_cell_labels(summary, matrix.index),
+                cbar_kws={"label": "KL bits/dim" if is_kl else "active units", "shrink": 0.9})
+    ax.tick_params(axis="y", rotation=0)
     ax.grid(False)
-    if values.size <= 400:
-        finite = values[np.isfinite(values)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for (i, j), v in np.ndenumerate(values):
-            if math.isfinite(v):
-                text = f"{v:.2f}" if is_kl else f"{v:.0f}"
-                dark = (v > middle) == is_kl  # magma_r is dark at the top, viridis at the bottom
-                ax.text(j, i, text, ha="center", va="center", fontsize=5.5,
-                        color="white" if dark else "black")
     ax.set_xlabel("top-down layer (0 = first block after the top bias)")
     ax.set_title(title)
     caption = (f"{used}. " + ("Per-layer KL(q‖p) in bits per image dimension; near-zero rows of "
@@ -430,7 +426,7 @@ def sample_grids(summary: pd.DataFrame, samples: dict[str, object], notes: list[
     for index, chunk in enumerate(chunks):
         columns = min(4, len(chunk))
         rows = math.ceil(len(chunk) / columns)
-        fig = Figure(figsize=(FIGSIZE[0], 0.6 + 2.0 * rows))
+        fig = Figure(figsize=(FIGSIZE[0], 0.8 + 2.2 * rows))
         axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
         for ax, cell in zip(axes, chunk):
             image = images[cell]
@@ -445,5 +441,8 @@ def sample_grids(summary: pd.DataFrame, samples: dict[str, object], notes: list[
                    "evaluated); titles give the cell and its effective depth.")
         fig.suptitle(title if len(chunks) == 1 else f"{title} ({index + 1}/{len(chunks)})")
         _finish(fig, caption)
+        # tight_layout leaves no room for the titles of a second row of square images with
+        # their axes off: give every row its title's height back.
+        fig.subplots_adjust(hspace=0.28)
         rendered.append(Rendered(name, title, fig, caption, "as recorded by each cell"))
     return rendered

@@ -27,7 +27,7 @@ from harness.errors import UserError
 _SUMMARY_TEXT = SUMMARY_TEXT_COLUMNS
 _METRIC_TEXT = METRIC_TEXT_COLUMNS
 
-# A name that is safe as one path component (cells/<cell>/, reports/<experiment>.pdf).
+# A name that is safe as one path component (cells/<cell>/, <results>/<experiment>.pdf).
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
 _PER_IMAGE = re.compile(r"^per_image_test_bits_per_dim_([A-Za-z0-9_]+)\.npy$")
 

@@ -15,7 +15,7 @@ import pandas as pd
 from harness.report import roles
 from harness.report.format import fmt_int, fmt_seconds, is_missing
 from harness.report.load import Results, provenance_lines
-from harness.report.published import CONTEXT_NOTE
+from harness.published import CONTEXT_NOTE
 
 # The paper trained 600k-1.7M steps; anything under this is far from converged.
 SHORT_RUN_STEPS = 100_000

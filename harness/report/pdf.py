@@ -18,7 +18,7 @@ from harness.atomic import write_bytes
 from harness.report.figures import Rendered
 from harness.report.format import Table
 from harness.report.overview import Overview
-from harness.report.published import CONTEXT_NOTE
+from harness.published import CONTEXT_NOTE
 
 PAGE = (11.69, 8.27)  # A4 landscape, inches
 LINES_PER_PAGE = 44

@@ -1,10 +1,10 @@
 """Paired comparisons between cells on the same test images.
 
 Unpaired 95% intervals of two models' mean bits/dim overlap long after the models differ: the
-per-image losses of two models are strongly correlated (hard images are hard for both). The
-paired difference d_i = a_i - b_i removes that shared variation (spec/cpu-scale.md: ±0.019
-unpaired vs ±0.002 paired). Interval: mean(d) ± 1.96 · sd(d) / √N, with the sample standard
-deviation (ddof = 1), the same normal approximation as `test_bits_per_dim_ci95`.
+per-image losses of two models are strongly correlated (hard images are hard for both). The paired
+difference d_i = a_i - b_i removes that shared variation (the CPU-scale prototype in
+docs/benchmarks.md: ±0.019 unpaired vs ±0.002 paired). Interval: mean(d) ± 1.96 · sd(d) / √N, with
+the sample standard deviation (ddof = 1), the same normal approximation as `test_bits_per_dim_ci95`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.report import published
+from harness import published
 from harness.report.format import (
     MISSING, Table, fmt_fixed, fmt_int, fmt_percent, fmt_rate, fmt_ratio, fmt_si, fmt_text,
     is_missing,

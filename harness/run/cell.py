@@ -11,7 +11,7 @@ Three kinds of cell:
   whatever they are);
 * `codec`: per-image PNG / WebP-lossless bits/dim of the same test images (`harness.engine.codecs`).
 
-Every cell writes `config.json`, `provenance.json`, `status.json` ("running", then "done" or
+Every cell writes (through harness.run.results_folder) `config.json`, `provenance.json`, `status.json` ("running", then "done" or
 "failed" with a one-line error; the traceback goes to `error.log`) and its tidy rows to
 `metrics.jsonl`, written whole and atomically when the cell ends. Sampling speed is not timed
 here: harness.run.speed_phase measures it after every cell of the run has ended, into
@@ -25,90 +25,26 @@ import hashlib
 import json
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from harness import atomic
-from harness.contract import CONFIG_FILE, ROWS_FILE, SPEED_FILE, STATUS_FILE, ci95
+from harness.contract import CONFIG_FILE, ROWS_FILE, SPEED_FILE, ci95
 from harness.data import load_dataset
 from harness.engine import allocator, codecs, throughput, weights
 from harness.engine.artifacts import save_npy
 from harness.engine.evaluate import evaluate
 from harness.engine.train import train
 from harness.errors import UserError
-from harness.experiment.schema import Cell, DataSpec, SpeedSpec
+from harness.experiment.schema import Cell, DataSpec
 from harness.plain import to_plain
-from harness.report.published import PUBLISHED_CHECKPOINTS, checkpoint_url
+from harness.published import PUBLISHED_CHECKPOINTS, checkpoint_url
 from harness.run.provenance import cell_provenance
+from harness.run.results_folder import (CACHE_DIR, CellContext, cell_config_record, read_status,
+                                        write_status)
 from models import registry
-
-
-@dataclass(frozen=True)
-class CellContext:
-    """What a cell needs from its experiment (picklable: it travels to worker processes)."""
-
-    experiment: str
-    data: DataSpec | None
-    sampling_speed: SpeedSpec | None
-
-    @property
-    def dataset(self) -> str:
-        return self.data.dataset if self.data is not None else "none"
-
-
-# --------------------------------------------------------------------------- status files
-
-
-def read_status(cell_dir: Path) -> dict:
-    """The cell's status.json; a "done" whose result rows no longer match the sha256 recorded
-    with it (a file cut short or edited) reads as "damaged", so the cell is redone."""
-    value = atomic.read_json_object(Path(cell_dir) / STATUS_FILE)
-    expected = value.get("rows_sha256")
-    if value.get("status") == "done" and expected is not None:
-        try:
-            actual = hashlib.sha256((Path(cell_dir) / ROWS_FILE).read_bytes()).hexdigest()
-        except OSError:
-            actual = None
-        if actual != expected:
-            return {**value, "status": "damaged",
-                    "error": f"{ROWS_FILE} is missing or does not match its recorded sha256"}
-    return value
-
-
-def write_status(cell_dir: Path, status: str, error: str | None = None,
-                 wall_s: float | None = None, **extra: Any) -> None:
-    atomic.write_json(Path(cell_dir) / STATUS_FILE, {"status": status, "error": error,
-                                                "wall_s": wall_s, **extra})
-
-
-def read_rows(cell_dir: Path) -> list[dict]:
-    path = Path(cell_dir) / ROWS_FILE
-    if not path.is_file():
-        return []
-    try:
-        return atomic.read_jsonl(path)
-    except (OSError, ValueError):
-        return []
-
-
-def read_speed(cell_dir: Path) -> dict:
-    """The cell's speed-phase record (sampling_speed.json); {} when absent or unreadable."""
-    return atomic.read_json_object(Path(cell_dir) / SPEED_FILE)
-
-
-def merged_rows(cell_dir: Path) -> list[dict]:
-    """The cell's rows with its speed-phase rows: those replace any `sample_images_per_s` rows
-    in metrics.jsonl (a folder from before the speed phase timed sampling inside the cell)."""
-    rows = read_rows(cell_dir)
-    speed = read_speed(cell_dir)
-    if speed.get("status") != "done" or not isinstance(speed.get("rows"), list):
-        return rows
-    return [r for r in rows if r.get("metric") != "sample_images_per_s"] + \
-        [r for r in speed["rows"] if isinstance(r, dict)]
 
 
 def one_line(error: BaseException) -> str:
@@ -246,7 +182,8 @@ def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
         evaluated["ema"] = models["ema"].to(throughput.model_device(result.model))
     rows = evaluate(evaluated, family, _first(splits.test, cell.data.test_images),
                     cell.eval, cell_dir,
-                    train_images=_first(splits.train, cell.data.train_images), label=cell.name)
+                    train_images=_first(splits.train, cell.data.train_images), label=cell.name,
+                    cache_dir=cell_dir.parent.parent / CACHE_DIR)
     return rows, result, checkpoint
 
 
@@ -336,14 +273,6 @@ def _dataset_provenance(context: CellContext, cell: Cell) -> dict:
                                  "validation": data.validation_images,
                                  "test": data.test_images}
     return provenance
-
-
-def cell_config_record(cell: Cell, context: CellContext) -> dict:
-    label = registry.get(cell.family).label if cell.kind != "codec" else None
-    return {"experiment": context.experiment, **cell.record(), "family_label": label,
-            # speed cells record the file's data too, as results folders always have
-            "data": to_plain(cell.data or context.data),
-            "sampling_speed": to_plain(context.sampling_speed) if cell.kind == "speed" else None}
 
 
 def run_cell(cell: Cell, context: CellContext, cell_dir: Path) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.contract import pick
-from harness.run.cell import read_rows
+from harness.run.results_folder import read_rows
 from harness.run.results_folder import cell_dir
 
 _quiet = False

@@ -4,7 +4,7 @@ that evaluates a weights file, so nobody writes YAML to check one.
 The command writes the experiment it builds (`evaluate.yaml`, with `train.max_steps: 0` and the
 model entry's `checkpoint:`) into the results folder, runs it like `harness run` (rows, summary,
 report), and prints test bits/dim ± 95% CI next to the figure published for that preset and
-dataset (harness.report.published.PUBLISHED_CHECKPOINTS), saying whether that figure lies
+dataset (harness.published.PUBLISHED_CHECKPOINTS), saying whether that figure lies
 inside our interval.
 
 `--model` is a preset name (`cifar10`, or `vdvae:cifar10` when two families share the name) or a
@@ -27,8 +27,8 @@ from harness.engine import weights
 from harness.engine.config import EvalConfig
 from harness.errors import UserError, closest
 from harness.experiment.schema import TOP_LEVEL
-from harness.report.published import PUBLISHED_CHECKPOINTS
-from harness.run.cell import read_rows
+from harness.published import PUBLISHED_CHECKPOINTS
+from harness.run.results_folder import read_rows
 from harness.run.results_folder import cell_dir
 from harness.run.runner import run_experiment
 from models import registry
@@ -116,21 +116,58 @@ def published_line(preset: str | None, dataset: str, bits: float, ci: float) -> 
             f"[{bits - ci:.3f}, {bits + ci:.3f}]")
 
 
+def as_command_error(error: UserError, path: Path, model_name: str) -> UserError:
+    """The error of the generated experiment file in the command's own terms: no file and
+    line the user never wrote, its keys named as the flags that set them."""
+    text = str(error)
+    text = re.sub(re.escape(str(path)) + r"(:\d+)?: ", "", text)
+    text = text.replace(str(path), "the evaluation")
+    replacements = [(rf"\bmodels\.{re.escape(model_name)}\.(preset|family)\b", "--model"),
+                    (rf"\bmodels\.{re.escape(model_name)}\.checkpoint\b", "CHECKPOINT"),
+                    (r"\bdata\.options\.([A-Za-z_]+)", r"--set \1"),
+                    (r"\bdata\.dataset\b", "--dataset"), (r"^data: dataset ", "--dataset "),
+                    (r"\beval\.([A-Za-z_]+)", r"--set \1"),
+                    (r"pass the ([A-Za-z_]+) option", r"pass --set \1=..."),
+                    (r"the ([A-Za-z_]+) option", r"--set \1")]
+    for pattern, replacement in replacements:
+        text = re.sub(pattern, replacement, text)
+    return UserError(text)
+
+
 def evaluate_checkpoint(checkpoint: Path, model: str, dataset: str, overrides: list[str] = (),
                         results_dir: Path | None = None) -> int:
     """Build, write and run the one-cell experiment; print the figures. Returns the exit
-    status of the run."""
+    status of the run. A refused evaluation leaves nothing behind: the generated experiment
+    file is removed again when no cell ran."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint}: no such file")
-    weights.read_weights_file(checkpoint)  # unreadable or unsafe: one line, exit 2, nothing run
+    weights_file = weights.read_weights_file(checkpoint)  # unreadable or unsafe: one line
     experiment, name = build_experiment(checkpoint, model, dataset)
+    if weights_file.layout != "harness":
+        # A released file holds one set of weights: report it once, not as "raw = ema".
+        experiment["eval"] = {"weights": ["raw"]}
     root = Path(results_dir) if results_dir else Path("results") / experiment["name"]
+    existed = root.exists()
+    if existed and not root.is_dir():
+        raise UserError(f"--results {root}: exists and is not a folder; name a folder")
     root.mkdir(parents=True, exist_ok=True)
     path = root / EXPERIMENT_FILE
+    had_cells = (root / "cells").is_dir()
     atomic.write_text(path, "# written by harness evaluate\n"
                       + yaml.safe_dump(experiment, sort_keys=False))
-    status = run_experiment(path, results_dir=root, overrides=set_overrides(list(overrides)))
+    try:
+        status = run_experiment(path, results_dir=root,
+                                overrides=set_overrides(list(overrides)))
+    except UserError as error:
+        if not had_cells and not (root / "cells").is_dir():
+            path.unlink(missing_ok=True)
+            if not existed:
+                try:
+                    root.rmdir()
+                except OSError:
+                    pass
+        raise as_command_error(error, path, name) from None
     cell_rows = []
     cells = sorted((root / "cells").iterdir()) if (root / "cells").is_dir() else []
     for folder in cells:
@@ -144,7 +181,9 @@ def evaluate_checkpoint(checkpoint: Path, model: str, dataset: str, overrides: l
         if bits is not None and ci is not None:
             shown.setdefault((bits["value"], ci["value"], bits.get("n_images")), []).append(which)
     for (bits, ci, n_images), names in shown.items():
-        print(f"{checkpoint.name} ({' = '.join(names)} weights): {bits:.4f} ± {ci:.4f} "
+        which = "" if names == ["raw"] and weights_file.layout != "harness" else \
+            f" ({' = '.join(names)} weights)"
+        print(f"{checkpoint.name}{which}: {bits:.4f} ± {ci:.4f} "
               f"bits/dim over {n_images} {dataset} test images; "
               + published_line(preset, dataset, bits, ci), flush=True)
     return status

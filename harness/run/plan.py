@@ -26,7 +26,7 @@ from harness.engine import allocator, budget, throughput
 from harness.engine.config import TrainConfig
 from harness.engine.evaluate import SAMPLE_CHUNK, chosen_studies, sample_set_size
 from harness.engine.sampling import samplers
-from harness.engine.studies import SAMPLES, StudyCost
+from harness.engine.studies import StudyCost
 from harness.experiment.schema import Cell, ExperimentConfig, SpeedSpec
 from models import registry
 
@@ -39,8 +39,8 @@ CODEC_S_PER_KDIM = {"png": 0.0003, "webp": 0.012}
 
 
 # Assumed speed-up of the cached PixelCNN sampler over the naive one (not probed: one cached
-# call costs as much as the rest of the probe). Measured 73× for a 400k-parameter, 8-layer
-# model at 28×28, batch 4, one CPU thread.
+# call costs as much as the rest of the probe): the sampling benchmark's 49× at 28×28×1, batch 16
+# (the default sample batch), one thread, rounded (docs/benchmarks.md).
 CACHED_SPEEDUP = 50.0
 
 
@@ -402,7 +402,7 @@ def study_estimates(family: registry.Family, evaluation, cost: StudyCost) -> dic
     for study in running:
         times = len(evaluation.weights) if study.scope == "weights" else 1
         out[study.name] = times * study.estimate_s(cost, evaluation)
-    n_samples = sample_set_size(running, evaluation)
+    n_samples = sample_set_size(running, evaluation, cost.n_test)
     if n_samples:
         out["sample set"] = cost.sample_call_s(n_samples)
     return out
@@ -440,9 +440,11 @@ def make_plan(experiment: ExperimentConfig, cells: list[Cell], jobs: int, thread
     if runner.estimate == "flops":
         basis = f"FLOPs at a stated {runner.flops_per_s:.3g} FLOP/s"
     else:
-        basis = (f"a {time.perf_counter() - start:.0f} s probe: {probe_steps} timed steps per "
-                 f"model in {jobs} process(es) × {threads} thread(s), CPU time, i.e. assuming "
-                 "the cores are not shared with other work")
+        what = (f"{probe_steps} timed training steps and an inference pass per model"
+                if probe_steps else "an inference pass per model (nothing trains)")
+        basis = (f"a {time.perf_counter() - start:.0f} s probe: {what} in {jobs} process(es) × "
+                 f"{threads} thread(s), CPU time, i.e. assuming the cores are not shared with "
+                 "other work")
     speed_phase_s = sum(e.speed_s for e in estimates)
     total = makespan([e.seconds for e in estimates], jobs) + speed_phase_s
     return Plan(experiment.name, estimates, jobs, threads, total, basis, speed_phase_s)

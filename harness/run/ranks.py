@@ -11,7 +11,8 @@ from pathlib import Path
 from harness.engine import distributed
 from harness.experiment.schema import Cell
 from harness.run import locks
-from harness.run.cell import CellContext, read_status, run_cell, train_follower, write_status
+from harness.run.cell import run_cell, train_follower
+from harness.run.results_folder import CellContext, read_status, write_status
 from harness.run.results_folder import cell_dir
 
 

@@ -1,5 +1,6 @@
-"""The results folder of one experiment (docs/results.md): where cells live, the check that a
-re-run resumes the same configs, and the shared files rebuilt from the cells' own files.
+"""The results folder of one experiment (docs/results.md): where cells live, each cell's
+status and row files, the check that a re-run resumes the same configs, and the shared files
+rebuilt from the cells' own files.
 
 `metrics.jsonl` and `summary.csv` are never appended to by several processes: they are rewritten
 whole, atomically, from every cell's `metrics.jsonl` and `status.json`, under the folder's flock
@@ -14,12 +15,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import hashlib
+from dataclasses import dataclass
+
 from harness import atomic
-from harness.contract import CONFIG_FILE, ROWS_FILE, SUMMARY_COLUMNS, summary_row
+from harness.contract import (CONFIG_FILE, ROWS_FILE, SPEED_FILE, STATUS_FILE, SUMMARY_COLUMNS,
+                              summary_row)
 from harness.errors import UserError
-from harness.experiment.schema import Cell, ExperimentConfig
+from harness.experiment.schema import Cell, DataSpec, ExperimentConfig, SpeedSpec
+from harness.plain import to_plain
 from harness.run import locks
-from harness.run.cell import CellContext, cell_config_record, merged_rows, read_status
+from models import registry
+
+# Inputs the run's cells share, computed once (e.g. train-set features): RESULTS/.cache/.
+CACHE_DIR = ".cache"
 
 # Config keys that may change between a run and its resumption without changing its results.
 # The speed phase's stopping rule too: a change re-measures the speed (harness.run.speed_phase
@@ -30,6 +39,78 @@ _IGNORED_CONFIG_KEYS = {("train", "progress"), ("train", "num_threads"),
                               "sample_max_rounds", "sample_max_s")} | {
     ("sampling_speed", key) for key in ("spread_tolerance", "window_rounds", "max_rounds",
                                         "max_s")}
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What a cell needs from its experiment (picklable: it travels to worker processes)."""
+
+    experiment: str
+    data: DataSpec | None
+    sampling_speed: SpeedSpec | None
+
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset if self.data is not None else "none"
+
+
+def cell_config_record(cell: Cell, context: CellContext) -> dict:
+    label = registry.get(cell.family).label if cell.kind != "codec" else None
+    return {"experiment": context.experiment, **cell.record(), "family_label": label,
+            # speed cells record the file's data too, as results folders always have
+            "data": to_plain(cell.data or context.data),
+            "sampling_speed": to_plain(context.sampling_speed) if cell.kind == "speed" else None}
+
+
+# --------------------------------------------------------------------------- status files
+
+
+def read_status(cell_dir: Path) -> dict:
+    """The cell's status.json; a "done" whose result rows no longer match the sha256 recorded
+    with it (a file cut short or edited) reads as "damaged", so the cell is redone."""
+    value = atomic.read_json_object(Path(cell_dir) / STATUS_FILE)
+    expected = value.get("rows_sha256")
+    if value.get("status") == "done" and expected is not None:
+        try:
+            actual = hashlib.sha256((Path(cell_dir) / ROWS_FILE).read_bytes()).hexdigest()
+        except OSError:
+            actual = None
+        if actual != expected:
+            return {**value, "status": "damaged",
+                    "error": f"{ROWS_FILE} is missing or does not match its recorded sha256"}
+    return value
+
+
+def write_status(cell_dir: Path, status: str, error: str | None = None,
+                 wall_s: float | None = None, **extra: Any) -> None:
+    atomic.write_json(Path(cell_dir) / STATUS_FILE, {"status": status, "error": error,
+                                                "wall_s": wall_s, **extra})
+
+
+def read_rows(cell_dir: Path) -> list[dict]:
+    path = Path(cell_dir) / ROWS_FILE
+    if not path.is_file():
+        return []
+    try:
+        return atomic.read_jsonl(path)
+    except (OSError, ValueError):
+        return []
+
+
+def read_speed(cell_dir: Path) -> dict:
+    """The cell's speed-phase record (sampling_speed.json); {} when absent or unreadable."""
+    return atomic.read_json_object(Path(cell_dir) / SPEED_FILE)
+
+
+def merged_rows(cell_dir: Path) -> list[dict]:
+    """The cell's rows with its speed-phase rows: those replace any `sample_images_per_s` rows
+    in metrics.jsonl (a folder from before the speed phase timed sampling inside the cell)."""
+    rows = read_rows(cell_dir)
+    speed = read_speed(cell_dir)
+    if speed.get("status") != "done" or not isinstance(speed.get("rows"), list):
+        return rows
+    return [r for r in rows if r.get("metric") != "sample_images_per_s"] + \
+        [r for r in speed["rows"] if isinstance(r, dict)]
 
 
 # --------------------------------------------------------------------------- folders

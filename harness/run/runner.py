@@ -34,14 +34,14 @@ from harness.experiment.load import load_experiment
 from harness.experiment.schema import Cell, ExperimentConfig
 from harness.report import build_report
 from harness.run import locks, speed_phase
-from harness.run.cell import (CellContext, check_checkpoints, load_splits, missing_inputs,
-                              read_speed, read_status, write_status)
+from harness.run.cell import check_checkpoints, load_splits, missing_inputs
 from harness.run.console import quiet, say
 from harness.run.launchers import gpus, local, slurm_follow
 from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
 from harness.run.provenance import available_cores
-from harness.run.results_folder import (cell_dir, check_resumable, default_results_dir,
-                                        rebuild_shared_files)
+from harness.run.results_folder import (CellContext, cell_dir, check_resumable,
+                                        default_results_dir, read_speed, read_status,
+                                        rebuild_shared_files, write_status)
 
 
 def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root: Path | None,
@@ -65,7 +65,8 @@ def print_plan(experiment: ExperimentConfig, plan: Plan, cells: list[Cell], root
         params = f"{cell.params:,}" if cell.params else ""
         steps = f"{estimate.steps:,}" if estimate.steps else ""
         memory = fmt_bytes(estimate.peak_memory_bytes)
-        say(f"  {cell.name:<{width}}  {cell.kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
+        kind = "eval" if cell.kind == "train" and cell.train.max_steps == 0 else cell.kind
+        say(f"  {cell.name:<{width}}  {kind:<5}  {params:>11}  {flops:>10}  {steps:>7}  "
             f"{memory:>9}  {fmt_duration(estimate.seconds):>7}  "
             f"{statuses.get(cell.name, 'pending')}")
         if estimate.phases:
@@ -137,9 +138,9 @@ def _data_sizes(experiment: ExperimentConfig) -> tuple[int | None, int | None, i
     return n_train, n_test, c * h * w
 
 
-def _build_report(root: Path, explicit_results: bool) -> int:
+def _build_report(root: Path) -> int:
     try:
-        build_report(root, out_dir=root if explicit_results else None)  # prints where it went
+        build_report(root)  # beside its results; prints where it went
     except UserError as error:
         print(f"harness: report failed: {error}", file=sys.stderr)
         return 1
@@ -264,7 +265,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
             f"{read_speed(cell_dir(root, name)).get('error') or 'not measured'}")
     exit_status = 1 if failed or speed_failed else 0
     if experiment.runner.report:
-        exit_status = max(exit_status, _build_report(root, results_dir is not None))
+        exit_status = max(exit_status, _build_report(root))
     return exit_status
 
 

@@ -2,7 +2,7 @@
 has finished, one cell at a time with nothing else running.
 
 Timing sampling inside a cell while another job trains on the same cores measured the other job
-too (identical architectures read 27-95 images/s). Here each measurement runs alone, with the
+too (docs/benchmarks.md). Here each measurement runs alone, with the
 run's `threads_per_job` torch threads, in the runner's own process (locally and under torchrun,
 rank 0), or as one Slurm job after the cells' job array (harness.run.launchers.slurm). Each
 sampler is timed in rounds until the last few agree (harness.engine.throughput.
@@ -34,16 +34,10 @@ from harness.engine.train import resolve_device
 from harness.experiment.schema import Cell
 from harness.plain import to_plain
 from harness.run import locks
-from harness.run.cell import (
-    CellContext,
-    decorate,
-    one_line,
-    read_speed,
-    read_status,
-    starting_models,
-)
+from harness.run.cell import decorate, one_line, starting_models
 from harness.run.console import say
-from harness.run.results_folder import cell_dir, rebuild_shared_files
+from harness.run.results_folder import (CellContext, cell_dir, read_speed, read_status,
+                                        rebuild_shared_files)
 from models import registry
 
 
@@ -181,6 +175,7 @@ def run_speed_phase(root: Path, cells: list[Cell], context: CellContext, threads
     torch.set_num_threads(threads)
     failed: list[str] = []
     try:
+        warm_up(todo[0], context, root)
         for index, cell in enumerate(todo):
             with locks.guard(root, ".speed_guard"):
                 if wait_for_others_s > 0:
@@ -190,6 +185,37 @@ def run_speed_phase(root: Path, cells: list[Cell], context: CellContext, threads
     finally:
         torch.set_num_threads(previous)
     return failed
+
+
+def warm_up(cell: Cell, context: CellContext, root: Path, min_s: float = 3.0) -> float:
+    """Run the first cell's samplers untimed for about `min_s` seconds before any timing: the
+    first measurement of a phase otherwise pays for the process's one-time costs (kernel
+    selection and caches for these shapes, memory pages, the CPU's clock ramp) and read up to
+    1.5x slower than identical cells measured after it. Returns the seconds spent; a failure
+    here is left to the measurement itself to report."""
+    start = time.perf_counter()
+    try:
+        if cell.kind == "speed":
+            family = registry.get(cell.family)
+            model = family.build_model(cell.model_config).eval()
+            batch = min(context.sampling_speed.timing(s.method)[0][0]
+                        for s in samplers(family, tuple(context.sampling_speed.methods)))
+            methods = samplers(family, tuple(context.sampling_speed.methods))
+        else:
+            family = registry.get(cell.family)
+            model = _sampling_model(cell, cell_dir(root, cell.name))
+            batch = cell.eval.sample_batch_size
+            methods = samplers(family, cell.eval.sample_methods)
+        # the fastest sampler (cached before naive): the warm-up is about the process, not
+        # about timing the slow one twice
+        sampler = next((s for s in methods if s.method == "cached"), methods[0])
+        generator = torch.Generator(device=throughput.model_device(model)).manual_seed(0)
+        with torch.inference_mode():
+            while time.perf_counter() - start < min_s:
+                model.sample(batch, generator=generator, **sampler.kwargs)
+    except Exception:  # noqa: BLE001 - the measurement that follows reports any failure
+        pass
+    return time.perf_counter() - start
 
 
 def _measure_locked(root: Path, cell: Cell, context: CellContext, index: int, total: int,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.run import locks
-from harness.run.cell import read_speed, read_status
+from harness.run.results_folder import read_speed, read_status
 from harness.run.launchers import slurm
 from harness.run.results_folder import cell_dir
 

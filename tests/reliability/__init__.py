@@ -1,1 +1,1 @@
-"""Reliability suite (issue 12): faults injected, inputs fuzzed. Figures in README "Reliability"."""
+"""Reliability suite: faults injected, inputs fuzzed. Figures in docs/reliability.md."""

@@ -1,4 +1,4 @@
-"""Numbers that misbehave (issue 12): NaN and inf injected into a batch's loss mid-run, a loss
+"""Numbers that misbehave: NaN and inf injected into a batch's loss mid-run, a loss
 that explodes after N steps, a skip threshold that skips every update. Each ends as
 docs/training says — non-finite updates skipped and counted; a run of skips stopped with the
 message — in a sweep and in one cell, and the other cells' results are those of a clean run."""

@@ -1,4 +1,4 @@
-"""Concurrency (issue 12): three runners started at once on one experiment and one results
+"""Concurrency: three runners started at once on one experiment and one results
 folder run every cell exactly once and leave the summary a single runner leaves; a runner
 SIGKILLed while it holds a cell's lock leaves a lock that exactly one later runner takes over."""
 

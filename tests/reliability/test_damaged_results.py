@@ -1,4 +1,4 @@
-"""A damaged results folder (issue 12): a cell's result file cut mid-row or short of rows, a cell
+"""A damaged results folder: a cell's result file cut mid-row or short of rows, a cell
 folder holding a checkpoint but no result, a truncated shared metrics.jsonl or summary.csv. Each
 is detected on the next run: that cell is redone (the others untouched), the shared files and the
 report are rebuilt, and the results equal the undamaged run's."""

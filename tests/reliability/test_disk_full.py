@@ -1,4 +1,4 @@
-"""Disk full (issue 12) while a checkpoint, a cell's result rows or the summary is written: one
+"""Disk full while a checkpoint, a cell's result rows or the summary is written: one
 line naming the file, the previous checkpoint and every earlier row intact, nothing half-written
 left behind as if complete, and a re-run with space again finishes with the same results."""
 

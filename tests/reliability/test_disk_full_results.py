@@ -1,4 +1,4 @@
-"""Disk full while a cell's result rows or the summary is written (issue 12): one line naming the
+"""Disk full while a cell's result rows or the summary is written: one line naming the
 file, exit 2, no traceback; every done cell's rows parse, no half-written result, and a re-run
 finishes with the uninterrupted results."""
 

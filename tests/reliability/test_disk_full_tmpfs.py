@@ -1,4 +1,4 @@
-"""Disk full for real (issue 12, root only): the smoke sweep writes its results into a small
+"""Disk full for real (root only): the smoke sweep writes its results into a small
 tmpfs that fills up mid-run. The run ends with one line naming a file (exit 1 or 2, never a
 traceback); every checkpoint left verifies, every cell marked done has rows that parse, and with
 space again (the results moved to a roomy folder) a re-run finishes the sweep."""

@@ -1,4 +1,4 @@
-"""Fuzzed data files (issue 12): IDX, CIFAR pickles, npy and PNG folders, corrupted at random.
+"""Fuzzed data files: IDX, CIFAR pickles, npy and PNG folders, corrupted at random.
 Each load either succeeds with the right shapes or raises one `UserError` naming the file; any
 other exception (a traceback for the user) fails the test. Crafted pickles are refused and run
 nothing: the side effect they would have had is checked to be absent."""

@@ -1,4 +1,4 @@
-"""Fuzzed experiment files (issue 12): ≥ 500 mutations of the shipped experiments, each either a
+"""Fuzzed experiment files: ≥ 500 mutations of the shipped experiments, each either a
 valid plan or one line `harness: error: <file>:<line>: ...` with exit 2 — never a traceback, and
 never a results folder (the loader refuses before anything is written)."""
 
@@ -103,7 +103,7 @@ def test_fuzz_refused_and_accepted_both_happen():
 
 
 def test_fuzz_figures_are_printed(capsys):
-    """Print the counts the README quotes (run with -s)."""
+    """Print the counts docs/reliability.md quotes (run with -s)."""
     if OUTCOMES:
         with capsys.disabled():
             print(f"\nexperiment fuzz: {sum(OUTCOMES.values())} files, {OUTCOMES}")

@@ -1,4 +1,4 @@
-"""SIGTERM and Ctrl-C (issue 12): a clean one-line stop, exit 143 / 130, the current cell's
+"""SIGTERM and Ctrl-C: a clean one-line stop, exit 143 / 130, the current cell's
 checkpoints kept, and a re-run resumes from them to the same results as an uninterrupted run."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Kill anywhere (issue 12): the smoke sweep SIGKILLed at ≥ 20 seeded random moments — during
+"""Kill anywhere: the smoke sweep SIGKILLed at ≥ 20 seeded random moments — during
 start-up, training, checkpoint writing, evaluation, the codec cell, the summary and the report —
 and resumed each time. Every finished run's summary and per-image values equal an uninterrupted
 run's exactly, and a cell that had finished before a kill is never trained again."""

@@ -1,4 +1,4 @@
-"""Paths (issue 12): experiment and cell names, `--results`, dataset `path` options and symlinks
+"""Paths: experiment and cell names, `--results`, dataset `path` options and symlinks
 planted in a results folder cannot make the harness write outside the results folder."""
 
 from __future__ import annotations

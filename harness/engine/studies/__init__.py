@@ -7,11 +7,14 @@ from harness.engine.studies import (  # noqa: F401  (each import registers its s
     kl_per_layer,
     active_units,
     importance_weighted,
+    bits_by_resolution,
     costs,
     sample_grid,
+    hierarchy_figures,
+    sample_quality,
     lossless_codec,
 )
 from harness.engine.studies.base import (  # noqa: F401
     INPUTS, LIKELIHOOD, POSTERIOR_MEANS, SAMPLES, TRAIN_IMAGES, Study, StudyContext, StudyCost,
-    register, registered, unregister,
+    StudySkipped, register, registered, unregister,
 )

@@ -13,7 +13,8 @@ grid, ...). It declares
 * `scope`: `"weights"` runs once per evaluated weights (raw, EMA), `"cell"` once per cell on the
   sampling model (EMA when evaluated);
 * `enabled(config)`: the eval-config switch that turns it off (e.g. `iw_k` 0);
-* `n_samples(config)`: how many images of the shared sample set it needs;
+* `n_samples(config, n_test)`: how many images of the shared sample set it needs, given the
+  number of test images;
 * `estimate_s(cost)`: its expected seconds, from the plan's measured costs (`StudyCost`).
 
 Adding a study is one module that ends with `register(Study(...))` plus one import line in
@@ -73,6 +74,7 @@ class StudyContext:
     samples: Callable[[], np.ndarray] = field(default=lambda: None)
     train_images: Callable[[], Any] = field(default=lambda: None)
     label: str = ""                  # the cell's name, for progress lines
+    cache_dir: Path | None = None    # run-wide cache (results/.cache): inputs shared by cells
 
     @property
     def base(self) -> dict[str, Any]:
@@ -90,7 +92,7 @@ class Study:
     writes: tuple[str, ...] = ()
     description: str = ""
     enabled: Callable[[EvalConfig], bool] = lambda config: True
-    n_samples: Callable[[EvalConfig], int] = lambda config: 0
+    n_samples: Callable[[EvalConfig, int], int] = lambda config, n_test: 0
     estimate_s: Callable[[StudyCost, EvalConfig], float] = lambda cost, config: 0.0
 
     def __post_init__(self):
@@ -107,6 +109,11 @@ class Study:
         if not self.enabled(config):
             return "turned off in the eval config"
         return None
+
+
+class StudySkipped(Exception):
+    """Raised by a study's `run` when this cell cannot make it (e.g. too few test images); the
+    evaluation records the study as skipped with the message as its reason and goes on."""
 
 
 STUDIES: dict[str, Study] = {}

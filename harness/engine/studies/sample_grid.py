@@ -18,4 +18,4 @@ STUDY = register(Study(
     name="sample_grid", scope="cell", run=run, reads=frozenset({SAMPLES}),
     writes=("samples.png",), description="a grid of samples",
     enabled=lambda config: config.n_grid_samples > 0,
-    n_samples=lambda config: config.n_grid_samples))
+    n_samples=lambda config, n_test: config.n_grid_samples))

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from harness import atomic
 from harness.contract import STATUS_FILE
 from harness.run import locks
-from harness.run.cell import CellContext, read_status, run_cell
+from harness.run.cell import run_cell
+from harness.run.results_folder import CellContext, read_status
 from harness.run.console import outcome, say
 from harness.run.launchers import gpus
 from harness.run.launchers.slurm_job import CellJob

@@ -29,7 +29,7 @@ from harness import atomic
 from harness.errors import UserError
 from harness.experiment.schema import Cell, SlurmSpec
 from harness.run import locks
-from harness.run.cell import CellContext, read_status, write_status
+from harness.run.results_folder import CellContext, read_status, write_status
 from harness.run.launchers.slurm_job import (
     LAUNCH_FILE,
     CellJob,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.experiment.schema import ExperimentConfig
 from harness.run import speed_phase
-from harness.run.cell import read_speed
+from harness.run.results_folder import read_speed
 from harness.run.console import outcome, say
 from harness.run.launchers import slurm
 from harness.run.results_folder import cell_dir, rebuild_shared_files

@@ -25,7 +25,8 @@ from harness.engine import distributed
 from harness.contract import LAUNCH_FILE
 from harness.experiment.schema import Cell
 from harness.run import locks
-from harness.run.cell import CellContext, read_status, run_cell, write_status
+from harness.run.cell import run_cell
+from harness.run.results_folder import CellContext, read_status, write_status
 from harness.run.ranks import run_on_ranks
 from harness.run.results_folder import cell_dir, rebuild_shared_files
 from harness.run.speed_phase import run_speed_phase

@@ -1,6 +1,7 @@
 """Published numbers shown beside our results for context (never mixed into our rows).
 
-Sources, as gathered in ../shared/spec/:
+Shared by the runner (where to get a released checkpoint) and the report (the numbers beside
+ours); plain data, no torch. Sources:
 
 * VDVAE depth ablation: Child 2021, "Very Deep VAEs Generalize Autoregressive Models and Can
   Outperform Them on Images", the effective-stochastic-depth experiment (ImageNet-32, one
@@ -8,7 +9,8 @@ Sources, as gathered in ../shared/spec/:
 * Test bits/dim of the PixelCNN family and VDVAE: van den Oord et al. 2016 (Gated PixelCNN),
   Salimans et al. 2017 (PixelCNN++), as tabulated in Child 2021.
 * Lossless codecs: per-image Pillow encodings, headers included (Kingma et al. 2019, Bit-Swap).
-* CPU-scale prototype: the team's Fashion-MNIST sanity run (spec/cpu-scale.md), 1,600 steps.
+* CPU-scale prototype: the team's first Fashion-MNIST sanity run of the depth sweep, 1,600
+  steps (a throwaway script before this harness; its numbers are in docs/benchmarks.md).
 
 Every number here is on a different dataset and/or scale from a CPU-scale sweep; the report
 labels them so.
@@ -52,7 +54,7 @@ CPU_PROTOTYPE: tuple[tuple[int, float, float, float], ...] = (
     (7, 3.510, 0.019, 5.000),
     (14, 3.477, 0.019, 5.029),
 )
-CPU_PROTOTYPE_CAPTION = ("CPU-scale prototype (spec/cpu-scale.md): Fashion-MNIST, 402,735 "
+CPU_PROTOTYPE_CAPTION = ("CPU-scale prototype (a script before this harness): Fashion-MNIST, 402,735 "
                          "parameters, 1,600 steps, far from converged; paired G=1 minus G=14 = "
                          "+0.134 ± 0.002 bits/dim")
 
