@@ -15,13 +15,10 @@ import torch
 import yaml
 from PIL import Image
 
-# IMAGES are parsed by harness.data.sources (the sample-quality command's parser).
-pytest.importorskip("harness.data.sources", reason="harness.data.sources not merged yet")
-
-from harness import cli  # noqa: E402
-from harness.engine.lossless import container  # noqa: E402
-from harness.engine.schedule import EMA  # noqa: E402
-from models import coding, registry  # noqa: E402
+from harness import cli
+from harness.engine.lossless import container
+from harness.engine.schedule import EMA
+from models import coding, registry
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 TINY_PIXELCNN = {"family": "pixelcnn", "preset": "tiny"}  # 8×8 RGB
