@@ -26,8 +26,8 @@ Capabilities a family declares for the codecs (`models.registry.Family.capabilit
 * `TOP_DOWN_LATENTS`: a hierarchical VAE with `model.encoder(model._network_input(images))`
   (activations per resolution) and `model.decoder(n, activations, choose_latent,
   posterior_blocks)` calling `choose_latent(j, posterior or None, prior) -> z` per top-down block
-  in order and returning DMoL parameters, and `model.config` with `n_top_down`, `zdim`,
-  `image_channels` and `n_bits`.
+  in order and returning DMoL parameters, its blocks `model.decoder.dec_blocks[j].resolution`,
+  and `model.config` with `n_top_down`, `zdim`, `image_channels` and `n_bits`.
 """
 
 from __future__ import annotations

@@ -36,10 +36,9 @@ CODECS = {codec.name: codec for codec in (ArithmeticCodec, BitsBackCodec)}
 
 def codec_for(family, batch_size: int, **options: Any):
     """The codec for `family` by its declared capabilities; ValueError when it has none."""
-    if family.autoregressive and family.can(coding.STEPWISE_PROBABILITIES):
-        return ArithmeticCodec(batch_size, **options)
-    if family.can(coding.TOP_DOWN_LATENTS):
-        return BitsBackCodec(batch_size, **options)
+    for codec in CODECS.values():
+        if family.can(codec.capability):
+            return codec(batch_size, **options)
     raise ValueError(f"model family '{family.name}' declares no capability a lossless codec "
                      f"can use ('{coding.STEPWISE_PROBABILITIES}' for an autoregressive model, "
                      f"'{coding.TOP_DOWN_LATENTS}' for a hierarchical VAE)")
