@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the model of a weights file: a preset or a YAML model entry")
     compress.add_argument("--data-dir", metavar="DIR", help="harness data directory for "
                           "DATASET:SPLIT (default $HARNESS_DATA)")
-    compress.add_argument("--batch-size", type=int, default=32, metavar="N",
-                          help="images coded together (recorded in the file; default 32)")
+    compress.add_argument("--batch-size", type=int, default=None, metavar="N",
+                          help="images coded together (recorded in the file; default: the "
+                          "codec's, 32 for range coding, 1 for bits-back)")
     compress.set_defaults(func=_cmd_compress)
 
     decompress = sub.add_parser("decompress", help="decode a file of harness compress into PNGs")

@@ -230,6 +230,10 @@ def test_codec_is_chosen_by_capability_not_name():
     assert lossless.codec_for(latent_family(), 4).name == "bits-back-ans"
     renamed = dataclasses.replace(pixelcnn, name="anything")
     assert lossless.codec_for(renamed, 4).name == "range-autoregressive"
+    # default batches: range coding shares the cached loop's overhead, bits-back keeps the
+    # initial bits at one image's posterior bits
+    assert lossless.codec_for(pixelcnn).batch_size == 32
+    assert lossless.codec_for(latent_family()).batch_size == 1
     stripped = dataclasses.replace(pixelcnn, capabilities=frozenset())
     with pytest.raises(ValueError, match="declares no capability"):
         lossless.codec_for(stripped, 4)

@@ -37,8 +37,6 @@ from harness.plain import to_plain
 from harness.run.evaluate_command import model_entry
 from models import registry
 
-DEFAULT_BATCH_SIZE = 32  # the codec's batch: its probabilities depend on it, the file records it
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -153,8 +151,8 @@ def _rate_line(data: bytes, header: dict, bound: float, seconds: float, verb: st
 
 
 def compress_command(model_path: str, images_spec: str, out: str, preset_or_yaml: str | None,
-                     data_dir: str | None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-    if batch_size < 1:
+                     data_dir: str | None, batch_size: int | None = None) -> int:
+    if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be a positive integer")
     loaded = load_model(model_path, preset_or_yaml)
     image_set = load_images(images_spec, data_dir)
@@ -173,8 +171,8 @@ def compress_command(model_path: str, images_spec: str, out: str, preset_or_yaml
         raise UserError(f"{model_path}: {error}") from None
     seconds = time.perf_counter() - start
     atomic.write_bytes(out, data)
-    bound = model_bits_per_dim(loaded.model, images, batch_size)
     header, _ = lossless.container.unpack(data, out)
+    bound = model_bits_per_dim(loaded.model, images, header["codec_parameters"]["batch_size"])
     print(_rate_line(data, header, bound, seconds, f"{out}: compressed"), flush=True)
     return 0
 

@@ -2,7 +2,8 @@
 bits/dim plus the coder's overhead (arithmetic coding: Witten et al. 1987; bits-back ANS:
 Townsend et al. 2019 and 2020).
 
-* `codec_for(family, batch_size)`: the codec the family's declared capabilities allow:
+* `codec_for(family, batch_size=None)`: the codec the family's declared capabilities allow
+  (at its own default batch size when None):
   range coding of the exact categoricals for an autoregressive family with
   `models.coding.STEPWISE_PROBABILITIES` (`ar_coding`), bits-back ANS for a hierarchical VAE
   with `models.coding.TOP_DOWN_LATENTS` (`bits_back`). Never chosen by the family's name.
@@ -34,11 +35,11 @@ from models import coding
 CODECS = {codec.name: codec for codec in (ArithmeticCodec, BitsBackCodec)}
 
 
-def codec_for(family, batch_size: int, **options: Any):
+def codec_for(family, batch_size: int | None = None, **options: Any):
     """The codec for `family` by its declared capabilities; ValueError when it has none."""
     for codec in CODECS.values():
         if family.can(codec.capability):
-            return codec(batch_size, **options)
+            return codec(batch_size or codec.default_batch_size, **options)
     raise ValueError(f"model family '{family.name}' declares no capability a lossless codec "
                      f"can use ('{coding.STEPWISE_PROBABILITIES}' for an autoregressive model, "
                      f"'{coding.TOP_DOWN_LATENTS}' for a hierarchical VAE)")
@@ -75,8 +76,8 @@ def _check_images(images: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError("images: nothing to compress (no images)")
 
 
-def compress(model, family, images: torch.Tensor, names: list[str], batch_size: int,
-             model_record: dict[str, Any] | None = None, **options: Any) -> bytes:
+def compress(model, family, images: torch.Tensor, names: list[str],
+             batch_size: int | None = None, model_record: dict[str, Any] | None = None, **options: Any) -> bytes:
     """The file's bytes. `model_record` (plain data, e.g. the family and config) goes into the
     header for the record; decoding never trusts it (the model hash decides)."""
     codec = codec_for(family, batch_size, **options)

@@ -45,9 +45,10 @@ def model_bits_per_dim(model, images: torch.Tensor, batch_size: int, seed: int =
     return total / images.shape[0]
 
 
-def codec_rows(model, family, images: torch.Tensor, batch_size: int,
+def codec_rows(model, family, images: torch.Tensor, batch_size: int | None = None,
                **options) -> list[dict]:
-    """Compress and decompress `images` (uint8 (N, C, H, W)) with `model`; the rows above."""
+    """Compress and decompress `images` (uint8 (N, C, H, W)) with `model` (`batch_size` None:
+    the codec's default); the rows above."""
     n = int(images.shape[0])
     names = [str(i) for i in range(n)]
     start = time.perf_counter()
@@ -61,6 +62,7 @@ def codec_rows(model, family, images: torch.Tensor, batch_size: int,
         exact, header = False, lossless.container.unpack(data, "the codec study's file")[0]
     decode_s = time.perf_counter() - start
     stats = lossless.rate(header)
+    batch_size = int(header["codec_parameters"]["batch_size"])
     dims = n * images[0].numel()
     codec_bits = stats["marginal_bits"] / dims
     model_bits = model_bits_per_dim(model, images, batch_size)
