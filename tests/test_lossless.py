@@ -278,7 +278,6 @@ def test_codec_rows_report_a_failed_round_trip(monkeypatch):
 # ---------------------------------------------------------------- across processes
 
 
-@pytest.mark.slow  # two fresh interpreters importing torch; 44 s on the loaded 2-core machine
 def test_round_trip_across_processes(tmp_path):
     """Compressed in one process, decompressed in another: the same bytes, the same images."""
     specs = {"pixelcnn:tiny": (5, 3, 8, 8), "vdvae:fmnist_tiny": (5, 1, 28, 28)}
