@@ -41,6 +41,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                Path(args.results) if args.results else None)
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from harness.run.compress_command import compress_command
+
+    return compress_command(args.model_path, args.images, args.out, args.model, args.data_dir,
+                            args.batch_size)
+
+
+def _cmd_decompress(args: argparse.Namespace) -> int:
+    from harness.run.compress_command import decompress_command
+
+    return decompress_command(args.model_path, args.input, args.out_dir, args.model)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
@@ -113,6 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--results", metavar="DIR",
                           help="results folder (default results/evaluate_<file>/)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    compress = sub.add_parser("compress", help="losslessly compress images with a model "
+                              "(range coding for a PixelCNN, bits-back ANS for a VDVAE)")
+    compress.add_argument("model_path", metavar="MODEL",
+                          help="a results cell folder (cells/<cell>/) or a weights file")
+    compress.add_argument("images", metavar="IMAGES",
+                          help="a folder of PNGs, a uint8 .npy, or DATASET:SPLIT[:N]")
+    compress.add_argument("out", metavar="OUT", help="the compressed file to write")
+    compress.add_argument("--model", metavar="PRESET_OR_YAML",
+                          help="the model of a weights file: a preset or a YAML model entry")
+    compress.add_argument("--data-dir", metavar="DIR", help="harness data directory for "
+                          "DATASET:SPLIT (default $HARNESS_DATA)")
+    compress.add_argument("--batch-size", type=int, default=None, metavar="N",
+                          help="images coded together (recorded in the file; default: the "
+                          "codec's, 32 for range coding, 1 for bits-back)")
+    compress.set_defaults(func=_cmd_compress)
+
+    decompress = sub.add_parser("decompress", help="decode a file of harness compress into PNGs")
+    decompress.add_argument("model_path", metavar="MODEL",
+                            help="the results cell folder or weights file it was made with")
+    decompress.add_argument("input", metavar="IN", help="the compressed file")
+    decompress.add_argument("out_dir", metavar="OUTDIR", help="folder for the PNGs")
+    decompress.add_argument("--model", metavar="PRESET_OR_YAML", help="the model of a weights "
+                            "file (default: the family and config the file records)")
+    decompress.set_defaults(func=_cmd_decompress)
 
     status = sub.add_parser("status", help="every cell's state, Slurm job id and last log line")
     status.add_argument("results_dir", help="results/<experiment>/")

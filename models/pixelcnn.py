@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import likelihoods, pixelcnn_sampling, registry
+from models import coding, likelihoods, pixelcnn_coding, pixelcnn_sampling, registry
 from models.pixelcnn_ops import N_VALUES, gate, images_to_input
 
 OUTPUTS = ("softmax", "dmol")
@@ -363,6 +363,12 @@ class GatedPixelCNN(nn.Module):
         "cached" (Ramachandran et al. 2017); both return the same images for the same generator."""
         return pixelcnn_sampling.sample(self, n, method=method, generator=generator)
 
+    def coding_steps(self, n: int, code) -> torch.Tensor:
+        """Every sub-pixel's probabilities for a lossless codec, in raster order, through the
+        cached sampler's loop (models.pixelcnn_coding): `code(table, c, i, j)` returns the
+        values to continue with. Returns the (n, C, H, W) uint8 images."""
+        return pixelcnn_coding.coding_steps(self, n, code)
+
 
 FAMILY = registry.register(registry.Family(
     name="pixelcnn", display_name="Gated PixelCNN", config_cls=GatedPixelCNNConfig, model_cls=GatedPixelCNN, presets=PRESETS,
@@ -370,4 +376,5 @@ FAMILY = registry.register(registry.Family(
     samplers=(registry.Sampler("naive", {"method": "naive"}),
               registry.Sampler("cached", {"method": "cached"})),
     autoregressive=True, size_field="channels", solve_size=channels_for_param_budget,
-    resize=lambda c, size: dataclasses.replace(c, image_size=size)))
+    resize=lambda c, size: dataclasses.replace(c, image_size=size),
+    capabilities=frozenset({coding.STEPWISE_PROBABILITIES})))

@@ -63,8 +63,8 @@ class _Draw:
         """(n,) uint8 value of sub-pixel (c, i, j) from its (n, 256) logits."""
         return categorical_from_uniform(logits, self.uniforms[:, c, i, j]).to(torch.uint8)
 
-    def pixel(self, params: torch.Tensor) -> torch.Tensor:
-        """(n, C) uint8 values of one pixel from its (n, M(1+3C)) DMOL parameters."""
+    def pixel(self, params: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """(n, C) uint8 values of pixel (i, j) from its (n, M(1+3C)) DMOL parameters."""
         grid = likelihoods.dmol_sample(params[:, :, None, None], self.channels,
                                        generator=self.generator)  # (n, C, 1, 1) in [-1, 1]
         return likelihoods.dmol_grid_to_uint8(grid[:, :, 0, 0])
@@ -119,7 +119,7 @@ def sample_naive(model, n: int, generator: torch.Generator | None = None) -> tor
         for j in range(width):
             if draw.dmol:
                 skips = model.features(canvas)[:, :, i, j]  # (n, p)
-                images[:, :, i, j] = draw.pixel(head.params(skips))
+                images[:, :, i, j] = draw.pixel(head.params(skips), i, j)
                 canvas[:, :, i, j] = images_to_input(images[:, :, i, j], param.dtype)
                 continue
             for c in range(channels):
@@ -191,9 +191,18 @@ class _CachedLayer:
 def sample_cached(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cached sampling: per row one full-width vertical-stack row per layer, per step one column
     of the horizontal stack per layer and the head at that column."""
+    return run_cached(model, n, _Draw(model, n, generator))
+
+
+def run_cached(model, n: int, draw) -> torch.Tensor:
+    """The cached sampler's loop with the values chosen by `draw`: `draw.subpixel(logits (n,
+    256), c, i, j)` -> (n,) uint8 (softmax) or `draw.pixel(params (n, M(1+3C)), i, j)` -> (n, C)
+    uint8 (dmol), in raster order. Sampling draws them; the lossless codec (models.coding)
+    codes them, feeding the true or the decoded pixels through this same loop."""
     channels, height, width = model.image_shape
     param = _param(model)
-    draw, head = _Draw(model, n, generator), _Head(model)
+    head = _Head(model)
+    dmol = model.config.output == "dmol"
     layers = [_CachedLayer(layer, n, height, width, param.device, param.dtype)
               for layer in model.layers]
     first = layers[0]
@@ -220,8 +229,8 @@ def sample_cached(model, n: int, generator: torch.Generator | None = None) -> to
                                       following.half + width] = gate(vertical_pre)
         for j in range(width):
             pixel = first.horizontal_in[:, j + first.half]  # (n, C) view of the current pixel
-            if draw.dmol:
-                images[:, :, i, j] = draw.pixel(head.params(horizontal_column(j)))
+            if dmol:
+                images[:, :, i, j] = draw.pixel(head.params(horizontal_column(j)), i, j)
                 pixel.copy_(images_to_input(images[:, :, i, j], param.dtype))
                 continue
             for c in range(channels):

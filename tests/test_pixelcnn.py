@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from models import registry
+from models import coding, registry
 from models.likelihoods import nats_to_bits
 from models.pixelcnn import (PRESETS, GatedPixelCNN, GatedPixelCNNConfig,
                              channels_for_param_budget, parameter_count)
@@ -263,7 +263,8 @@ def test_registered_with_presets_and_interface():
     assert (config_cls, model_cls) == (GatedPixelCNNConfig, GatedPixelCNN)
     assert set(family.presets) >= {"imagenet32", "cifar10", "cpu_mnist", "cpu_cifar", "tiny"}
     assert family.autoregressive and [s.method for s in family.samplers] == ["naive", "cached"]
-    assert not family.capabilities  # exact likelihood: no IW bound, no latents
+    # exact likelihood: no IW bound, no latents; its sub-pixel tables drive a range coder
+    assert family.capabilities == {coding.STEPWISE_PROBABILITIES}
     assert family.image_shape(config_cls(**PRESETS["cpu_mnist"])) == (1, 28, 28)
     model = model_cls(config_cls(**PRESETS["cpu_mnist"]))
     assert model.image_shape == (1, 28, 28)

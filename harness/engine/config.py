@@ -134,6 +134,11 @@ class EvalConfig:
     quality_samples: NonNegativeInt = 1000
     quality_features: Literal["random_cnn", "inception"] = "random_cnn"
     quality_inception_weights: str | None = None
+    # The lossless-codec studies (harness.engine.studies.lossless_codec): real files of the
+    # first `codec_images` test images (0: off), coded `codec_batch_size` at a time (None: the
+    # codec's default; the bits-back codec's one-off initial bits grow with it).
+    codec_images: NonNegativeInt = 0
+    codec_batch_size: PositiveInt | None = None
 
     def __post_init__(self):
         validate_fields(self, "eval")

@@ -12,6 +12,7 @@ from harness.engine.studies import (  # noqa: F401  (each import registers its s
     sample_grid,
     hierarchy_figures,
     sample_quality,
+    lossless_codec,
 )
 from harness.engine.studies.base import (  # noqa: F401
     INPUTS, LIKELIHOOD, POSTERIOR_MEANS, SAMPLES, TRAIN_IMAGES, Study, StudyContext, StudyCost,
