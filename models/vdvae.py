@@ -34,7 +34,7 @@ import torch.nn as nn
 from models.likelihoods import (dmol_grid_to_uint8, dmol_nats_per_dim, dmol_sample,
                                 gaussian_kl, gaussian_log_density, nats_to_bits,
                                 uint8_to_dmol_target)
-from models import registry
+from models import coding, registry
 from models.vdvae_blocks import Decoder, Encoder, Gaussian
 from models.vdvae_config import VDVAEConfig, parameter_count, width_for_param_budget
 from models.vdvae_presets import PRESETS
@@ -446,4 +446,5 @@ FAMILY = registry.register(registry.Family(
     load_weights=VDVAE.load_reference_state_dict,
     reference_presets=("cifar10", "imagenet32", "imagenet64", "ffhq256", "ffhq1024"),
     capabilities=frozenset({registry.IW_NLL, registry.KL_PER_LAYER, registry.ACTIVE_UNITS,
-                            registry.ACTIVATION_CHECKPOINTING, registry.LATENTS})))
+                            registry.ACTIVATION_CHECKPOINTING, registry.LATENTS,
+                            coding.TOP_DOWN_LATENTS})))

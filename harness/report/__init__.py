@@ -27,7 +27,7 @@ import matplotlib
 from harness.atomic import write_bytes, write_text
 from harness.errors import UserError
 from harness.report import figures as figs
-from harness.report import figures_latents, quality
+from harness.report import figures_latents, lossless, quality
 from harness.report.format import Table, markdown_document, to_csv, to_latex
 from harness.report.load import Results, load_results
 from harness.report.overview import Overview, build_overview
@@ -70,7 +70,7 @@ def _figures(results: Results, paired) -> list[figs.Rendered]:
         suffix = "" if len(datasets) == 1 else f"_{dataset}"
         own = summary if dataset is None else summary[summary["dataset"] == dataset]
         own_paired = paired if dataset is None else paired[paired["dataset"] == dataset]
-        for figure in (figs.bits_vs_depth(own, suffix),
+        for figure in (figs.bits_vs_depth(own, suffix, metrics),
                        figs.paired_differences(own_paired, weights, suffix),
                        figs.bits_vs_params(own, suffix)):
             if suffix:
@@ -131,7 +131,8 @@ def render_report(results_dir: Path, out_dir: Path | None = None) -> Report:
         published = published_tables()
         others = [t for t in (depth_means_table(results.summary), paired_table(paired),
                               sampling_table(results.metrics, results.summary),
-                              quality.quality_table(results.metrics, results.summary))
+                              quality.quality_table(results.metrics, results.summary),
+                              lossless.codec_table(results.metrics, results.summary))
                   if t is not None]
         rendered = _figures(results, paired)
         produced = [r for r in rendered if r.figure is not None]

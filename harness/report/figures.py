@@ -93,7 +93,8 @@ def _reference_lines(ax, summary: pd.DataFrame, plotted: list[float]) -> list[st
     return notes
 
 
-def bits_vs_depth(summary: pd.DataFrame, suffix: str = "") -> Rendered:
+def bits_vs_depth(summary: pd.DataFrame, suffix: str = "",
+                  metrics: pd.DataFrame | None = None) -> Rendered:
     name, title = f"bits_vs_depth{suffix}", "Test bits/dim vs effective stochastic depth"
     swept_cells = roles.evaluated(roles.depth_cells(summary))
     if swept_cells["effective_depth"].nunique() < 2:
@@ -113,7 +114,8 @@ def bits_vs_depth(summary: pd.DataFrame, suffix: str = "") -> Rendered:
     means = swept_cells.groupby("effective_depth")["test_bits_per_dim"].mean()
     ax.plot(means.index, means.values, color="black", marker="_", markersize=14, linewidth=1.2,
             label="mean over seeds")
-    notes = _reference_lines(ax, summary, list(swept_cells["test_bits_per_dim"]))
+    files = _codec_points(ax, swept_cells, metrics)
+    notes = _reference_lines(ax, summary, list(swept_cells["test_bits_per_dim"]) + files)
     _log2_depth_axis(ax, means.index)
     ax.set_xlabel("effective stochastic depth G (groups of top-down layers)")
     ax.set_ylabel("test bits/dim (± 95% CI over images)")
@@ -124,6 +126,24 @@ def bits_vs_depth(summary: pd.DataFrame, suffix: str = "") -> Rendered:
                "differences, see the paired figure. " + "; ".join(notes))
     _finish(fig, caption)
     return Rendered(name, title, fig, caption, _weights_label(swept_cells["weights"]))
+
+
+def _codec_points(ax, cells: pd.DataFrame, metrics: pd.DataFrame | None) -> list[float]:
+    """Each depth cell's real lossless file (codec_bits_per_dim, its first test images) as an
+    open marker beside its bits/dim; returns the values drawn."""
+    if metrics is None or not len(metrics):
+        return []
+    rows = metrics[(metrics["metric"] == "codec_bits_per_dim")
+                   & metrics["cell"].isin(cells["cell"]) & metrics["value"].notna()]
+    if not len(rows):
+        return []
+    depth = cells.set_index("cell")["effective_depth"]
+    x = [depth[c] * 1.08 for c in rows["cell"]]
+    n = int(rows["n_images"].max()) if "n_images" in rows and rows["n_images"].notna().any() \
+        else 0
+    ax.scatter(x, rows["value"], marker="D", facecolors="none", edgecolors="tab:red", s=22,
+               label=f"real file, first {n:,} test images (lossless codec)")
+    return list(rows["value"])
 
 
 def paired_differences(paired: pd.DataFrame, weights: str | None, suffix: str = "") -> Rendered:

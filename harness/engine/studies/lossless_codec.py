@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.engine.lossless.rows import codec_rows
-from harness.engine.studies.base import Study, StudyContext, StudyCost, register
+from harness.engine.studies.base import Study, StudyContext, StudyCost, StudySkipped, register
 from models import coding
 
 METRICS = ("codec_bits_per_dim", "codec_file_bits_per_dim", "model_bits_per_dim",
@@ -27,6 +26,11 @@ def _n_images(config, n_test: int) -> int:
 
 
 def run(context: StudyContext) -> list[dict]:
+    try:  # the entropy coder is imported only where a codec runs (not on every machine)
+        from harness.engine.lossless.rows import codec_rows
+    except ImportError as error:
+        raise StudySkipped(f"needs the {error.name} package (pip install constriction)") \
+            from None
     n = _n_images(context.config, context.images.shape[0])
     images = torch.as_tensor(context.images[:n])
     rows = codec_rows(context.model, context.family, images, context.config.codec_batch_size)

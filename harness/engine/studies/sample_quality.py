@@ -87,8 +87,15 @@ def quality_size(config, n_test: int) -> int:
 
 
 def run(context: StudyContext) -> list[dict]:
-    from harness.engine.quality_features import get_extractor
-    from harness.engine.quality_metrics import MIN_IMAGES, QualityReference
+    try:  # the metrics' libraries are imported only where the study runs
+        import prdc  # noqa: F401
+        import torchmetrics  # noqa: F401
+
+        from harness.engine.quality_features import get_extractor
+        from harness.engine.quality_metrics import MIN_IMAGES, QualityReference
+    except ImportError as error:
+        raise StudySkipped(f"needs the {error.name} package (pip install prdc torchmetrics)") \
+            from None
 
     assert MIN_IMAGES <= MIN_SET, (MIN_IMAGES, MIN_SET)
     config = context.config
