@@ -345,6 +345,9 @@ def estimate_cell(cell: Cell, probe: Probe | None, experiment: ExperimentConfig,
             # at every pixel, the naive sampler at one
         if probe is not None and b in probe.cached_s:
             return probe.cached_s[b]
+        if probe is not None and probe.cached_s:  # per image as at the largest probed batch
+            probed = max(probe.cached_s)
+            return probe.cached_s[probed] * b / probed
         return dims * pass_s(b) / CACHED_SPEEDUP
 
     seconds = OVERHEAD_S[cell.kind]
