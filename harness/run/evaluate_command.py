@@ -149,8 +149,10 @@ def evaluate_checkpoint(checkpoint: Path, model: str, dataset: str, overrides: l
         experiment["eval"] = {"weights": ["raw"]}
     root = Path(results_dir) if results_dir else Path("results") / experiment["name"]
     existed = root.exists()
-    if existed and not root.is_dir():
-        raise UserError(f"--results {root}: exists and is not a folder; name a folder")
+    if results_dir:
+        atomic.check_output_folder(root, "--results")
+    else:
+        atomic.check_output_folder(root, "results folder", "move that file or pass --results DIR")
     root.mkdir(parents=True, exist_ok=True)
     path = root / EXPERIMENT_FILE
     had_cells = (root / "cells").is_dir()

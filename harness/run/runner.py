@@ -173,6 +173,10 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         if not info.is_main:
             quiet()  # only rank 0 talks
     root = Path(results_dir) if results_dir is not None else default_results_dir(experiment)
+    if results_dir is not None:
+        atomic.check_output_folder(root, "--results")
+    else:
+        atomic.check_output_folder(root, "results folder", "move that file or pass --results DIR")
     context = CellContext(experiment=experiment.name, data=experiment.data,
                           sampling_speed=experiment.sampling_speed)
     for cell in cells:
