@@ -211,6 +211,15 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
 _PATH_KIND_ERRNOS = {errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 
 
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves: only a real run (or evaluation) has work to resume."""
+    if args.command in ("run", "evaluate") and not getattr(args, "dry_run", False):
+        return "completed work is saved and a re-run resumes"
+    if args.command == "report":
+        return "the files written so far are whole; run it again for the complete report"
+    return "nothing was written" + (" (a dry run)" if getattr(args, "dry_run", False) else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -238,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as stop:
         how = "by SIGTERM" if isinstance(stop, _Terminated) else ""
-        print(f"harness: interrupted{' ' + how if how else ''}; completed work is saved and a "
-              "re-run resumes", file=sys.stderr)
+        print(f"harness: interrupted{' ' + how if how else ''}; {_after_interrupt(args)}",
+              file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(stop, _Terminated) else 130
     finally:
         if main_thread:
