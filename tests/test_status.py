@@ -9,9 +9,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,36 @@ def test_the_resume_command_resumes(results, tmp_path):
     assert "vdvae_g05_s0" in out.getvalue() and "2 cell(s) already done" in out.getvalue()
     assert rows(results)["vdvae_g05_s0"]["state"] == "done"
     assert os.path.exists(folder / "status.json")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_a_run_killed_mid_training_reads_interrupted(tmp_path, signal_name):
+    """A real `harness run` process stopped while training its first cell: SIGKILL leaves the
+    lock of a dead holder, Ctrl-C releases it; either way status says interrupted, and the
+    command it prints resumes the cell."""
+    write_idx_dataset(tmp_path / "data" / "mnist", 40, 16)
+    path = tmp_path / "watched.yaml"
+    path.write_text(EXPERIMENT.format(data=tmp_path / "data")
+                    .replace("max_steps: 3", "max_steps: 400")
+                    .replace("grid: {effective_depth: [1, 5]}", "grid: {effective_depth: [1]}"))
+    results = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(path),
+                                "--results", str(results)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = results / "cells" / "vdvae_g01_s0" / "train_log.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and log.read_text().count("\n") >= 4):
+            assert process.poll() is None and time.monotonic() < deadline, "no training seen"
+            time.sleep(0.1)
+        process.send_signal(getattr(signal, signal_name))
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    found = rows(results)["vdvae_g01_s0"]
+    assert found["state"] == "interrupted", found
+    assert " | loss " in found["last_log_line"] and "a re-run " in found["last_log_line"], found
+    code, text = show(results)
+    assert code == 1 and "1 interrupted" in text and "a re-run resumes them" in text, text
