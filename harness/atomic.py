@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from harness.errors import UserError
+
 
 def _default_file_mode() -> int:
     # mkstemp creates 0600 files; give results the mode an ordinary open() would (0666 & ~umask).
@@ -88,6 +90,20 @@ def remove_temporaries(directory: str | os.PathLike, recursive: bool = False,
             path.unlink()
             removed.append(path)
     return removed
+
+
+def check_output_folder(path: str | os.PathLike, option: str,
+                        remedy: str = "pass a folder (a missing one is created)") -> Path:
+    """`path` as a folder to write into (it need not exist yet): a file at it or at any of its
+    parents is a `UserError` naming `option` (e.g. `--results`), before anything is written."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        if folder.exists() or folder.is_symlink():
+            what = "is a file" if folder == path else f"{folder} is a file"
+            raise UserError(f"{option} {path}: {what}, not a folder; {remedy}")
+    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -133,11 +133,18 @@ Builder = Callable[[type, dict, tuple], Any]  # (dataclass, mapping, suffix) -> 
 
 
 class _NoMatch(Exception):
-    """This arm of the annotation does not accept the value (internal)."""
+    """This arm of the annotation does not accept the value (internal); `final`: the range
+    failure's message stands as it is (a union does not restate it)."""
 
-    def __init__(self, range_failure: Mismatch | None = None):
+    def __init__(self, range_failure: Mismatch | None = None, final: bool = False):
         super().__init__()
         self.range_failure = range_failure
+        self.final = final
+
+
+# Every integer fits a signed 64-bit word: torch sizes, seeds and list lengths are C integers,
+# and a bigger one fails deep inside them (OverflowError) instead of here.
+INT_LIMIT = 2**63
 
 
 def convert(value: Any, tp: Any, build: Builder | None = None, suffix: tuple = ()) -> Any:
@@ -177,6 +184,8 @@ def _convert(value: Any, tp: Any, build: Builder | None, suffix: tuple) -> Any:
             try:
                 return _convert(value, arm, build, suffix)
             except _NoMatch as failure:
+                if failure.final:
+                    raise
                 range_failure = range_failure or failure.range_failure
         if range_failure is not None:  # the right type, out of range: say the whole union
             raise _NoMatch(Mismatch(suffix, type_name(tp, ranges=True), value))
@@ -187,6 +196,9 @@ def _convert(value: Any, tp: Any, build: Builder | None, suffix: tuple) -> Any:
         raise _NoMatch
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:
+                raise _NoMatch(Mismatch(suffix, "an integer that fits in 64 bits (below 2^63)",
+                                        value), final=True)
             return value
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
             return int(value)  # 1e6 is a float in YAML; accept it where an integer is meant

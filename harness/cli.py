@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import signal
 import sys
 import threading
@@ -55,9 +56,11 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.atomic import check_output_folder
     from harness.report import build_report
 
-    build_report(Path(args.results_dir), out_dir=Path(args.out) if args.out else None)
+    out = check_output_folder(args.out, "--out") if args.out else None
+    build_report(Path(args.results_dir), out_dir=out)
     return 0
 
 
@@ -204,6 +207,17 @@ def _raise_terminated(signum, frame) -> None:
 
 # The machine, not the code: a full disk or a read-only / forbidden folder (one line, exit 2).
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# A file where a folder is needed, or the reverse, on a path the user gave (or one below it).
+_PATH_KIND_ERRNOS = {errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves: only a real run (or evaluation) has work to resume."""
+    if args.command in ("run", "evaluate") and not getattr(args, "dry_run", False):
+        return "completed work is saved and a re-run resumes"
+    if args.command == "report":
+        return "the files written so far are whole; run it again for the complete report"
+    return "nothing was written" + (" (a dry run)" if getattr(args, "dry_run", False) else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,11 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handlers below
+        return code
     except UserError as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `harness datasets | head`: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as error:
+        if error.errno in _PATH_KIND_ERRNOS and error.filename:
+            print(f"harness: error: {error.filename}: {error.strerror}: a file stands where a "
+                  "folder is needed (or the reverse); move it or pass another path",
+                  file=sys.stderr)
+            return EXIT_USER_ERROR
         if error.errno not in _ENVIRONMENT_ERRNOS or not error.filename:
             raise
         print(f"harness: error: {error.filename}: {error.strerror}; completed "
@@ -223,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as stop:
         how = "by SIGTERM" if isinstance(stop, _Terminated) else ""
-        print(f"harness: interrupted{' ' + how if how else ''}; completed work is saved and a "
-              "re-run resumes", file=sys.stderr)
+        print(f"harness: interrupted{' ' + how if how else ''}; {_after_interrupt(args)}",
+              file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(stop, _Terminated) else 130
     finally:
         if main_thread:

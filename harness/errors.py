@@ -32,3 +32,14 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> UserErro
     hint = closest(name, choices)
     did_you_mean = f" Did you mean '{hint}'?" if hint else ""
     return UserError(f"unknown {kind} '{name}'.{did_you_mean} Valid: {', '.join(choices)}")
+
+
+# What building a model of a config the user chose can raise when the config is too large or
+# inconsistent for the tensors it asks for (allocation failed, sizes overflow 64 bits).
+MODEL_BUILD_ERRORS = (RuntimeError, MemoryError, OverflowError, ValueError, TypeError)
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (torch adds C++ frames) and `limit` chars."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -444,7 +444,9 @@ FAMILY = registry.register(registry.Family(
     size_field="width", solve_size=width_for_param_budget,
     effective_depth=lambda c: c.effective_depth or c.n_top_down,
     load_weights=VDVAE.load_reference_state_dict,
-    reference_presets=("cifar10", "imagenet32", "imagenet64", "ffhq256", "ffhq1024"),
+    # The five released models and the reference's tiny one shipped in examples/vdvae_tiny_cifar.
+    reference_presets=("cifar10", "imagenet32", "imagenet64", "ffhq256", "ffhq1024",
+                       "cifar10_tiny"),
     capabilities=frozenset({registry.IW_NLL, registry.KL_PER_LAYER, registry.ACTIVE_UNITS,
                             registry.ACTIVATION_CHECKPOINTING, registry.LATENTS,
                             coding.TOP_DOWN_LATENTS})))

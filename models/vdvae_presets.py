@@ -55,7 +55,8 @@ PRESETS: dict[str, dict] = {
         enc_blocks="28x1,28d2,14x1,14d2,7x1,7d7,1x1",
         dec_blocks="1x1,7m1,7x1,14m7,28m14",
         input_shift=-72.94, input_scale=1.0 / 90.0),
-    # The architecture of the public reference's tiny CIFAR test model (13 blocks, 32×32 RGB).
+    # The public reference's tiny CIFAR test model, shipped in examples/vdvae_tiny_cifar/ (13
+    # blocks, 32×32 RGB).
     "cifar10_tiny": dict(
         width=32, zdim=16, num_mixtures=10, image_size=32, image_channels=3,
         enc_blocks="32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2",

@@ -63,11 +63,11 @@ def test_every_cell_and_the_probe_run_under_it(monkeypatch, tmp_path):
     """run_cell and the planner's probe call it (so the cells and the estimate see the same
     allocator): checked by replacing it, running the probe's entry on no tasks, and stopping
     run_cell at its first write after the call."""
-    from harness.run import cell, plan
+    from harness.run import cell, probe
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
-    assert plan._probe_all([], 1) == []
+    assert probe._probe_all([], 1) == []
     assert calls == [1]
 
     class Stop(Exception):

@@ -215,7 +215,7 @@ def test_image_folder_wrong_size_names_the_file_unless_resized(data_root, tmp_pa
 
 
 def test_image_folder_bad_input(data_root, tmp_path):
-    with pytest.raises(UserError, match="needs the path option"):
+    with pytest.raises(UserError, match="has no folder to read"):
         load_dataset("image_folder")
     with pytest.raises(UserError, match="is not a folder"):
         load_dataset("image_folder", path=str(tmp_path / "nope"))

@@ -108,7 +108,8 @@ def test_misfit_names_the_key_and_the_preset_it_looks_like(tmp_path):
         assert str(path) in text and "model 'vdvae'" in text
         assert ("key 'decoder.dec_blocks.0.enc.c4.weight' has shape [32, 8, 1, 1], the model's "
                 "is [16, 8, 1, 1]") in text
-        assert text.endswith("this looks like preset cifar10_tiny: set preset: cifar10_tiny")
+        assert text.endswith("this looks like preset cifar10_tiny (harness evaluate --model "
+                             "cifar10_tiny; 'preset: cifar10_tiny' in an experiment file)")
     state = _tiny_vdvae().state_dict()
     del state["decoder.gain"]
     torch.save(state, path)

@@ -27,7 +27,8 @@ from harness.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 NAME = "image_folder"
-HOW_TO_GET = "pass the path option: a folder of PNG/JPEG images"
+HOW_TO_GET = ("set its path option to a folder of PNG/JPEG images (data.options.path in an "
+              "experiment file, --set path=DIR for harness evaluate)")
 
 
 def list_images(folder: Path, *, recursive: bool) -> list[Path]:
@@ -90,7 +91,7 @@ def load_image_folder(data_dir: Path | None, *, path: str | Path | None = None,
                       split_seed: int = 0, image_size: int | list[int] | None = None,
                       mode: str | None = None):
     if path is None:
-        raise UserError(f"dataset '{NAME}' needs the path option: {HOW_TO_GET}")
+        raise UserError(f"dataset '{NAME}' has no folder to read: {HOW_TO_GET}")
     folder = Path(path).expanduser()
     if not folder.is_absolute() and not folder.exists():
         folder = primary_root(data_dir) / folder  # relative to the harness data directory

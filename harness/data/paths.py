@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.atomic import check_output_folder
+
 # Directories that hold a dataset's files directly, outside any harness root. Tests replace
 # this dict to isolate themselves from what happens to be installed on the machine.
 SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
@@ -22,13 +24,17 @@ SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
 
 
 def primary_root(data_dir: Path | str | None = None) -> Path:
-    """The harness data directory: `data_dir`, else `$HARNESS_DATA`, else `~/.cache/harness`."""
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
+    """The harness data directory: `data_dir`, else `$HARNESS_DATA`, else `~/.cache/harness`;
+    a file there (or on its way) is a `UserError`: downloads and caches go into it."""
     env = os.environ.get("HARNESS_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "harness"
+    if data_dir is not None:
+        root, given = Path(data_dir).expanduser(), "data directory (--data-dir, data.data_dir)"
+    elif env:
+        root, given = Path(env).expanduser(), "data directory ($HARNESS_DATA)"
+    else:
+        root, given = Path.home() / ".cache" / "harness", "data directory"
+    return check_output_folder(root, given, "pass a folder (a missing one is created on the "
+                               "first download)")
 
 
 def data_dirs(dataset: str | None = None, data_dir: Path | str | None = None,

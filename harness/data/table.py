@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from harness.data.paths import data_dirs
+from harness.data.paths import data_dirs, primary_root
 from harness.data.registry import DATASETS, DatasetStatus, dataset_names
 from harness.errors import UserError
 
@@ -43,6 +43,7 @@ def dataset_rows(data_dir: Path | None = None) -> list[tuple[str, ...]]:
 def print_dataset_table(data_dir: Path | None = None, file: TextIO | None = None) -> None:
     """Print the dataset table (the `harness datasets` subcommand)."""
     file = file or sys.stdout
+    primary_root(data_dir)  # a file given as the data directory: one line, before the table
     rows = dataset_rows(data_dir)
     widths = [max(len(row[i]) for row in rows + [COLUMNS]) for i in range(len(COLUMNS) - 1)]
 

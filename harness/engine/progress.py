@@ -4,9 +4,12 @@ otherwise). Row formats: docs/results.md."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,19 +84,37 @@ class LoopState:
         return row
 
 
+# The cell being trained, set by whoever runs it (harness.run): its lines and bar carry the name,
+# so the stderr of parallel or consecutive cells can be told apart.
+_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("progress_label",
+                                                                   default=None)
+
+
+@contextlib.contextmanager
+def labelled(name: str) -> Iterator[None]:
+    """Inside: every Reporter's lines start with `name: ` and its bar is titled `name`."""
+    token = _LABEL.set(name)
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
+
+
 class Reporter:
     """Rank 0's log rows and progress display (tqdm bar on a TTY, plain lines otherwise)."""
 
     def __init__(self, config: TrainConfig, log_path: Path, enabled: bool, total_steps: int | None):
         self.enabled = enabled
         self.log_path = log_path
+        self.label = _LABEL.get()
         mode = config.progress if enabled else "off"
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode = mode
         self.bar = None
         if mode == "bar":
-            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            desc=self.label)
 
     def start(self, step: int) -> None:
         if self.bar is not None:
@@ -106,6 +127,8 @@ class Reporter:
     def message(self, text: str) -> None:
         if self.mode == "off":
             return
+        if self.label:
+            text = f"{self.label}: {text}"
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:

@@ -136,7 +136,8 @@ def looks_like(family: registry.Family, shapes: dict[str, tuple]) -> str | None:
 def _misfit(path: Path, problem: str, family: registry.Family | None, given: dict,
             model_name: str | None) -> UserError:
     preset = looks_like(family, given) if family is not None else None
-    hint = f"; this looks like preset {preset}: set preset: {preset}" if preset else ""
+    hint = (f"; this looks like preset {preset} (harness evaluate --model {preset}; "
+            f"'preset: {preset}' in an experiment file)" if preset else "")
     what = f"model '{model_name}'" if model_name else "the configured model"
     return UserError(f"checkpoint {path} does not fit {what}: {problem}{hint}")
 

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness.checks import describe, field_types
+from harness.checks import INT_LIMIT, describe, field_types
 from harness.data import dataset_names
 from harness.data.paths import primary_root
 from harness.engine.config import EvalConfig, TrainConfig
@@ -62,20 +62,18 @@ def _apply_overrides(doc: Document, overrides: list[str]) -> tuple[bool, set]:
             suggestion = f" — did you mean '{hint}'?" if hint else \
                 f". Valid top-level keys: {', '.join(TOP_LEVEL)}"
             raise UserError(f"{origin}: unknown key '{dotted(keys)}'{suggestion}")
-    smoke = doc.get(("smoke",), False)
-    for (keys, value), _origin in parsed:
+    smoke, smoke_origin = doc.get(("smoke",), False), doc.where(("smoke",))
+    for (keys, value), origin in parsed:
         if keys == ("smoke",):
-            smoke = value
+            smoke, smoke_origin = value, origin
     if not isinstance(smoke, bool):
-        raise UserError(f"{doc.where(('smoke',))}: 'smoke' must be true or false, "
-                        f"got {describe(smoke)}")
-    closed = {("models",): list((doc.get(("models",)) or {}).keys())}
+        raise UserError(f"{smoke_origin}: 'smoke' must be true or false, got {describe(smoke)}")
+    # Model names are the user's: an override naming one that is not there is a typo.
+    models = doc.get(("models",))
+    closed = {("models",): list(models)} if isinstance(models, dict) else {}
     overridden: set = set()
     if smoke:
-        smoke_overrides = doc.get(("smoke_overrides",), {}) or {}
-        if not isinstance(smoke_overrides, dict):
-            raise UserError(f"{doc.where(('smoke_overrides',))}: 'smoke_overrides' must be a "
-                            f"mapping of dotted keys to values")
+        smoke_overrides = doc.mapping(("smoke_overrides",), "dotted keys to values") or {}
         for key, value in smoke_overrides.items():
             keys = _split_key(str(key), doc, ("smoke_overrides", key))
             origin = f"{doc.where(('smoke_overrides', key))} (smoke_overrides)"
@@ -89,6 +87,21 @@ def _apply_overrides(doc: Document, overrides: list[str]) -> tuple[bool, set]:
         doc.apply_override(keys, value, origin, closed)
         overridden.add(keys)
     return smoke, overridden
+
+
+def _check_integer_sizes(doc: Document, node: Any, keys: Keys) -> None:
+    """No integer anywhere in the file (model configs, dataset options, sweep values included)
+    beyond 64 bits: torch sizes and seeds are C integers, and a bigger one fails deep inside."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_integer_sizes(doc, value, keys + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_integer_sizes(doc, value, keys + (index,))
+    elif isinstance(node, int) and not isinstance(node, bool) and not (
+            -INT_LIMIT <= node < INT_LIMIT):
+        raise UserError(f"{doc.where(keys)}: '{dotted(keys)}' must be an integer that fits in "
+                        f"64 bits (below 2^63), got {describe(node)}")
 
 
 def _split_key(key: str, doc: Document, keys: Keys) -> Keys:
@@ -240,6 +253,7 @@ def load_experiment(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     overrides = tuple(overrides or ())
     smoke, override_keys = _apply_overrides(doc, list(overrides))
     check_keys(doc.data, TOP_LEVEL, doc, ())
+    _check_integer_sizes(doc, doc.data, ())
 
     name = doc.get(("name",), path.stem)
     name = coerce(name, str, doc, ("name",))
@@ -266,10 +280,7 @@ def load_experiment(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"{doc.where(('models',))}: models with kind 'speed' need a "
                         "'sampling_speed' section (batch sizes, repeats)")
     runner = build_dataclass(RunnerSpec, doc.get(("runner",)), doc, ("runner",))
-    smoke_raw = doc.get(("smoke_overrides",))
-    if smoke_raw is not None and not isinstance(smoke_raw, dict):
-        raise UserError(f"{doc.where(('smoke_overrides',))}: 'smoke_overrides' must be a mapping "
-                        "of dotted keys to values")
+    doc.mapping(("smoke_overrides",), "dotted keys to values")
     record = to_plain(doc.data)
     record["name"] = name
     experiment = ExperimentConfig(

@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.checks import describe
 from harness.engine.config import EvalConfig, TrainConfig
-from harness.errors import UserError
+from harness.errors import MODEL_BUILD_ERRORS, UserError, first_line
 from harness.experiment.schema import Cell, ExperimentConfig, ModelSpec
 from harness.experiment.yaml_loader import Document, Keys, construct, dotted
 from models import registry
@@ -76,12 +76,16 @@ def _init_fields(obj: Any) -> dict:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
 
 
+# Parameter counts, once per process: building a paper-size model on the meta device to count
+# them takes about a second, and every load of a `match:` file (and every dry run) asks again.
+_PARAMS_SEEN: dict[tuple, int] = {}
+
+
 class _Expander:
     def __init__(self, experiment: ExperimentConfig, doc: Document, override_keys: frozenset):
         self.experiment = experiment
         self.doc = doc
         self.overrides = override_keys
-        self._params_cache: dict[tuple, int] = {}
 
     # ----------------------------------------------------------------- model configs
 
@@ -107,11 +111,18 @@ class _Expander:
         config_cls = registry.get(spec.family).config_cls
         return construct(config_cls, fields, self.doc, ("models", spec.name), paths)
 
-    def params_of(self, family: str, config: Any) -> int:
-        key = (family, repr(config))
-        if key not in self._params_cache:
-            self._params_cache[key] = registry.get(family).count_params(config)
-        return self._params_cache[key]
+    def params_of(self, family: str, config: Any, model: str) -> int:
+        """Parameters of the model `config` builds (`model`: its name in the file, for errors)."""
+        found = registry.get(family)
+        key = (family, found.model_cls, repr(config))
+        if key not in _PARAMS_SEEN:
+            try:
+                _PARAMS_SEEN[key] = found.count_params(config)
+            except MODEL_BUILD_ERRORS as error:
+                raise UserError(f"{self.doc.where(('models', model))}: the {family} model "
+                                f"'{model}' cannot be built to count its parameters "
+                                f"({first_line(error)}); make it smaller") from None
+        return _PARAMS_SEEN[key]
 
     def solve_match(self, spec: ModelSpec, fields: dict) -> tuple[dict, dict]:
         match = spec.match
@@ -124,7 +135,7 @@ class _Expander:
             if other.match is not None:
                 other_fields, _ = self.solve_match(other, other_fields)
             other_config = self.build_config(other, other_fields, self.field_paths(other))
-            target = self.params_of(other.family, other_config)
+            target = self.params_of(other.family, other_config, other.name)
         family = registry.get(spec.family)
         field_name = family.size_field  # the loader refused `match` for a family without one
         assert field_name is not None and family.solve_size is not None, spec.family
@@ -136,12 +147,12 @@ class _Expander:
                             f"model '{spec.name}': {error}") from None
         solved = dict(fields, **{field_name: value})
         config = self.build_config(spec, solved, self.field_paths(spec))
-        params = self.params_of(spec.family, config)
+        params = self.params_of(spec.family, config, spec.name)
         if abs(params - target) > match.tolerance * target:
             raise UserError(f"{self.doc.where(keys)}: model '{spec.name}' reaches {params:,} "
                             f"parameters at {field_name}={value}, more than "
-                            f"{match.tolerance:.0%} from the target {target:,}; change its "
-                            "other fields or raise match.tolerance")
+                            f"{match.tolerance * 100:.3g}% from the target {target:,}; change "
+                            "its other fields or raise match.tolerance")
         return solved, {"field": field_name, "value": value, "target_params": target,
                         "params": params}
 
@@ -236,8 +247,8 @@ class _Expander:
             if spec.kind == "train":
                 parts.append(f"s{_format_value(seed, widths.get('seed', 1))}")
             name = safe_name("_".join(parts))
-            params = match_record["params"] if match_record else self.params_of(spec.family,
-                                                                               config)
+            params = match_record["params"] if match_record else self.params_of(
+                spec.family, config, spec.name)
             cells.append(Cell(name=name, kind=spec.kind, model=spec.name, family=spec.family,
                               seed=seed, point=resolved, model_config=config, train=train,
                               eval=evaluation, params=params, match=match_record,

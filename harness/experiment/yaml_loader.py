@@ -5,8 +5,8 @@
   can say `experiments/x.yaml:12: ...`. Duplicate keys (which `safe_load` silently collapses) are
   an error.
 * `Document` carries the data plus where every value came from: a line of the file, a `--set`
-  override, or a smoke override. `--set`-style overrides (`train.steps=400`, values parsed as YAML
-  scalars) are applied with `Document.apply_override`.
+  override, or a smoke override. `--set`-style overrides (`train.max_steps=400`, values parsed
+  as YAML scalars) are applied with `Document.apply_override`.
 * `build_dataclass` builds a frozen dataclass from a mapping strictly: an unknown key names the
   closest valid one, a wrong type says what was expected, and a `ValueError` from the class's
   `__post_init__` becomes a `UserError` naming the file and key.
@@ -36,7 +36,7 @@ def dotted(keys: Keys) -> str:
 def split_dotted(key: str) -> Keys:
     parts = tuple(part for part in key.split("."))
     if not key or any(not part for part in parts):
-        raise UserError(f"malformed key '{key}': expected dotted names like 'train.steps'")
+        raise UserError(f"malformed key '{key}': expected dotted names like 'train.max_steps'")
     return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
@@ -107,7 +107,7 @@ class Document:
     data: dict
     source: str
     lines: dict = dataclasses.field(default_factory=dict)
-    # keys set by overrides -> "--set train.steps=400" (or the smoke override's origin)
+    # keys set by overrides -> "--set train.max_steps=400" (or the smoke override's origin)
     overridden: dict = dataclasses.field(default_factory=dict)
 
     def where(self, keys: Keys) -> str:
@@ -131,6 +131,15 @@ class Document:
                 return default
         return node
 
+    def mapping(self, keys: Keys, what: str) -> dict | None:
+        """The mapping at `keys` (None when absent or null); any other node is a `UserError`
+        (`what` says what the mapping holds): read a section's type before its keys."""
+        value = self.get(keys)
+        if value is None or isinstance(value, dict):
+            return value
+        raise UserError(f"{self.where(keys)}: '{dotted(keys)}' must be a mapping of {what}, "
+                        f"got {describe(value)}")
+
     def apply_override(self, keys: Keys, value: Any, origin: str,
                        closed: Mapping[Keys, Iterable[str]] | None = None) -> None:
         """Set `keys` to `value`, creating missing mappings on the way.
@@ -148,8 +157,7 @@ class Document:
                 node = node[key]
                 continue
             if not isinstance(node, dict):
-                raise UserError(f"{origin}: '{dotted(here)}' is a {type(node).__name__}, "
-                                f"not a section; cannot set '{dotted(keys)}'")
+                raise self._not_a_section(origin, here, node, keys)
             if key not in node:
                 if closed is not None and here in closed:
                     names = list(closed[here])
@@ -165,19 +173,23 @@ class Document:
                 raise UserError(f"{origin}: '{last}' is not an index into "
                                 f"'{dotted(keys[:-1])}' (a list of {len(node)} items)")
         elif not isinstance(node, dict):
-            raise UserError(f"{origin}: '{dotted(keys[:-1])}' is a {type(node).__name__}, "
-                            f"not a section; cannot set '{dotted(keys)}'")
+            raise self._not_a_section(origin, keys[:-1], node, keys)
         node[last] = copy.deepcopy(value)
         # Children of the overridden key now come from the override too.
         for known in [k for k in self.overridden if k[:len(keys)] == keys]:
             del self.overridden[known]
         self.overridden[tuple(keys)] = origin
 
+    def _not_a_section(self, origin: str, here: Keys, node: Any, keys: Keys) -> UserError:
+        return UserError(f"{origin}: cannot set '{dotted(keys)}': '{dotted(here)}' "
+                         f"({self.where(here)}) is {describe(node)}, not a section")
+
 
 def parse_override(text: str) -> tuple[Keys, Any]:
-    """`"train.steps=400"` → (("train", "steps"), 400); the value is parsed as a YAML scalar."""
+    """`"train.max_steps=400"` → (("train", "max_steps"), 400); the value is parsed as a YAML
+    scalar."""
     if "=" not in text:
-        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set train.steps=400")
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set train.max_steps=400")
     key, raw = text.split("=", 1)
     key = key.strip()
     try:

@@ -22,6 +22,10 @@ def quiet() -> None:
     _quiet = True
 
 
+def is_quiet() -> bool:
+    return _quiet
+
+
 def result_line(root: Path, name: str) -> str:
     rows = read_rows(cell_dir(root, name))
     best = pick(rows, "test_bits_per_dim", weights="raw") or pick(rows, "test_bits_per_dim")

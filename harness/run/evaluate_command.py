@@ -60,14 +60,19 @@ def model_entry(model: str) -> tuple[str, dict]:
         entry = {k: v for k, v in entry.items() if k not in ("checkpoint", "kind", "sweep")}
         return _name(str(name)), entry
     family_name, _, preset = model.rpartition(":")
+    if family_name and family_name not in registry.names():
+        raise UserError(f"--model {model}: unknown model family '{family_name}'; write "
+                        f"FAMILY:PRESET with one of {', '.join(registry.names())}")
     families = [family_name] if family_name else registry.names()
     found = [f for f in families if preset in registry.get(f).presets]
     if not found:
-        every = [p for f in registry.names() for p in registry.get(f).presets]
+        every = sorted({p for f in families for p in registry.get(f).presets})
         hint = closest(preset, every)
+        listing = "; ".join(f"{f}: {', '.join(sorted(registry.get(f).presets))}"
+                            for f in families)
         raise UserError(f"--model {model}: no such preset or .yaml file"
-                        + (f" — did you mean '{hint}'?" if hint else "")
-                        + f". Presets: {', '.join(sorted(every))}")
+                        + (f" — did you mean '{hint}'?" if hint else ".")
+                        + f" Presets of {listing}")
     if len(found) > 1:  # the family with released checkpoints of that preset wins
         found = [f for f in found if preset in registry.get(f).reference_presets] or found
     if len(found) > 1:
@@ -149,8 +154,10 @@ def evaluate_checkpoint(checkpoint: Path, model: str, dataset: str, overrides: l
         experiment["eval"] = {"weights": ["raw"]}
     root = Path(results_dir) if results_dir else Path("results") / experiment["name"]
     existed = root.exists()
-    if existed and not root.is_dir():
-        raise UserError(f"--results {root}: exists and is not a folder; name a folder")
+    if results_dir:
+        atomic.check_output_folder(root, "--results")
+    else:
+        atomic.check_output_folder(root, "results folder", "move that file or pass --results DIR")
     root.mkdir(parents=True, exist_ok=True)
     path = root / EXPERIMENT_FILE
     had_cells = (root / "cells").is_dir()

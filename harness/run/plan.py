@@ -1,33 +1,35 @@
 """The plan `harness run` prints before running: cells, parameters, FLOPs, estimated time.
 
-Times come from a quick measured probe (default): every distinct model is built once, a few
-training steps at the cell's batch size are timed after a warm-up step, plus one inference
-forward pass; with `jobs` > 1 the probe runs in `jobs` processes at once, so memory-bandwidth
-and core contention are in the figure. Alternatively (`runner.estimate: flops`) times follow from
-FLOPs at a stated sustained rate (`runner.flops_per_s`): training ≈ 3 × forward FLOPs per image.
-The total is the makespan of the cells over `jobs` workers, longest first (the order the runner
-uses), plus the speed phase: every sampling-speed measurement, one after another once the cells
-have finished (harness.run.speed_phase), estimated at the fewest rounds its rule allows.
+Times come from a quick measured probe (default; harness.run.probe). Alternatively
+(`runner.estimate: flops`) times follow from FLOPs at a stated sustained rate
+(`runner.flops_per_s`): training ≈ 3 × forward FLOPs per image. FLOPs and training memory are
+counted on the meta device, once per config per process. The total is the makespan of the cells
+over `jobs` workers, longest first (the order the runner uses), plus the speed phase: every
+sampling-speed measurement, one after another once the cells have finished
+(harness.run.speed_phase), estimated at the fewest rounds its rule allows. The counts and the
+probe print their progress on stderr (harness.run.progress).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from harness.engine import allocator, budget, throughput
+from harness.engine import budget, throughput
 from harness.engine.config import TrainConfig
 from harness.engine.evaluate import SAMPLE_CHUNK, chosen_studies, sample_set_size
 from harness.engine.sampling import samplers
 from harness.engine.studies import StudyCost
-from harness.experiment.schema import Cell, ExperimentConfig, SpeedSpec
+from harness.errors import MODEL_BUILD_ERRORS, UserError, first_line
+from harness.experiment.schema import Cell, ExperimentConfig
+from harness.run.probe import Probe, config_key, probe_models
+from harness.run.progress import PhaseProgress, fmt_duration
 from models import registry
 
 # A cell's fixed costs that the probe does not see: process start, imports, data loading,
@@ -42,18 +44,6 @@ CODEC_S_PER_KDIM = {"png": 0.0003, "webp": 0.012}
 # call costs as much as the rest of the probe): the sampling benchmark's 49× at 28×28×1, batch 16
 # (the default sample batch), one thread, rounded (docs/benchmarks.md).
 CACHED_SPEEDUP = 50.0
-
-
-@dataclass
-class Probe:
-    """Measured (or FLOP-derived) costs of one model config at one thread count."""
-
-    flops_per_image: float | None = None
-    train_step_s: float | None = None       # one optimiser step at the train batch size
-    forward_s_per_image: float | None = None  # inference forward, per image, at eval batch
-    pass_s: dict = field(default_factory=dict)  # batch -> one inference forward of that batch
-    naive_s: dict = field(default_factory=dict)  # batch -> one naive sample call (extrapolated)
-    cached_s: dict = field(default_factory=dict)  # batch -> one cached sample call (extrapolated)
 
 
 @dataclass
@@ -88,19 +78,6 @@ class Plan:
                 "estimates": [dataclasses.asdict(c) for c in self.cells]}
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400 * 2:
-        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-    return f"{seconds / 86400:.1f} days"
-
-
 def fmt_bytes(count: int | None) -> str:
     """'1.2 GiB', '310 MiB'; '' for None."""
     if count is None:
@@ -115,104 +92,52 @@ def train_steps(train: TrainConfig, n_train: int | None) -> int | None:
     return budget.total_steps(train, budget.steps_per_epoch(train, n_train))
 
 
-# --------------------------------------------------------------------------- probing
+# Counted once per process: both are functions of the config alone, and counting on the meta
+# device takes seconds per paper-size config (a re-plan, or many dry runs in one process).
+_FLOPS_SEEN: dict[tuple, float] = {}
+_MEMORY_SEEN: dict[tuple, int] = {}
 
 
-def _timed(fn, threads: int) -> float:
-    """Seconds `fn()` takes on cores of our own: min(wall time, CPU time / threads).
-
-    On a machine shared with other work the wall clock measures the others too; this process's
-    CPU time does not (with one thread it is what the wall clock would read on idle cores)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return min(time.perf_counter() - wall, (time.process_time() - cpu) / max(1, threads))
-
-
-def _probe_one(family_name: str, config: Any, batch: int, eval_batch: int, steps: int,
-               sample_batches: tuple[int, ...], naive_batches: tuple[int, ...],
-               threads: int) -> Probe:
-    family = registry.get(family_name)
-    torch.manual_seed(0)
-    model = family.build_model(config)
-    channels, height, width = family.image_shape(config)
-    images = torch.randint(0, 256, (max(batch, eval_batch), channels, height, width),
-                           dtype=torch.uint8)
-    probe = Probe()
-    if steps > 0:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        model.train()
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            model.loss(images[:batch])["loss_nats_per_dim"].mean().backward()
-            optimizer.step()
-
-        step()  # warms up allocators and kernels
-        times = sorted(_timed(step, threads) for _ in range(steps))
-        probe.train_step_s = times[len(times) // 2]
-    model.eval()
-    with torch.inference_mode():
-        model.loss(images[:2])
-        probe.forward_s_per_image = _timed(lambda: model.loss(images[:eval_batch]),
-                                           threads) / eval_batch
-        for b in sample_batches:
-            one = images[:1].expand(b, -1, -1, -1).contiguous()
-            probe.pass_s[b] = _timed(lambda: model.loss(one), threads)
-            if family.autoregressive and family.resize is not None:
-                if b in naive_batches:
-                    probe.naive_s[b] = _sample_call_s(family, config, b, "naive", threads)
-                probe.cached_s[b] = _sample_call_s(family, config, b, "cached", threads)
-    return probe
-
-
-def _sample_call_s(family: registry.Family, config: Any, batch: int, method: str,
-                   threads: int) -> float:
-    """Seconds of one autoregressive sample call at full size, extrapolated from the same
-    architecture sampled at 4×4 and 8×8: a call makes S²·C steps, each costing a + b·S² (a fixed
-    per-step overhead plus work over the S×S canvas; an upper bound for the cached sampler, whose
-    steps touch a few rows); two sizes give a and b."""
-    kwargs = family.sampler(method).kwargs
-    per_step = {}
-    for size in (4, 8):
-        torch.manual_seed(0)
-        small_config = family.resize(config, size)
-        small = family.build_model(small_config).eval()
-        channels = family.image_shape(small_config)[0]
-        small.sample(batch, **kwargs)  # warm-up
-        seconds = _timed(lambda m=small: m.sample(batch, **kwargs), threads)
-        per_step[size] = seconds / (size * size * channels)
-    slope = max(0.0, (per_step[8] - per_step[4]) / (64 - 16))
-    base = max(0.0, per_step[4] - slope * 16)
-    _, height, width = family.image_shape(config)
-    return height * width * channels * (base + slope * height * width)
-
-
-def _probe_all(tasks: list[tuple], threads: int) -> list[Probe]:
-    allocator.keep_freed_memory()  # as the cells will run (harness.run.cell)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+@contextlib.contextmanager
+def _cannot_build(cell: Cell, what: str) -> Iterator[None]:
+    """A config too large for the tensors it asks for (sizes past 64 bits, an allocation no
+    machine has) is the user's to change: one line naming the cell."""
     try:
-        return [_probe_one(*task, threads) for task in tasks]
-    finally:
-        torch.set_num_threads(previous)
+        yield
+    except MODEL_BUILD_ERRORS as error:
+        raise UserError(f"cell {cell.name}: cannot build its model to {what} "
+                        f"({first_line(error)}); make the model or the batch smaller") from None
 
 
-def _eval_batch(cell: Cell) -> int:
-    """The evaluation batch the cell will use on this machine (the evaluator's device default
-    when the config leaves it open), at most 256 for the probe."""
-    return min(cell.eval.batch_size_on("cuda" if torch.cuda.is_available() else "cpu"), 256)
+def _seen_key(cell: Cell) -> tuple:
+    """The config and the class that builds it (a test may register a family name twice)."""
+    return registry.get(cell.family).model_cls, config_key(cell)
 
 
-def config_key(cell: Cell) -> str:
-    return repr((cell.family, cell.model_config))
+def _memory_key(cell: Cell) -> tuple | None:
+    """What a training step's memory depends on; None for a cell that trains no step."""
+    if cell.kind != "train" or cell.train.max_steps == 0:  # zero steps: evaluation only
+        return None
+    return _seen_key(cell), cell.train.batch_size, cell.train.activation_checkpointing
 
 
-def flops_per_config(cells: list[Cell]) -> dict[str, float]:
+def uncounted(cells: list[Cell]) -> int:
+    """How many FLOP and memory counts the plan of `cells` has still to make."""
+    flops = {_seen_key(c) for c in cells if c.kind != "codec"} - set(_FLOPS_SEEN)
+    memory = {_memory_key(c) for c in cells} - {None} - set(_MEMORY_SEEN)
+    return len(flops) + len(memory)
+
+
+def flops_per_config(cells: list[Cell], progress: PhaseProgress | None = None
+                     ) -> dict[str, float]:
     """Forward FLOPs per image of each distinct model config (one batch-1 pass each)."""
     found: dict[str, float] = {}
     for cell in cells:
         key = config_key(cell)
         if cell.kind == "codec" or key in found:
+            continue
+        if _seen_key(cell) in _FLOPS_SEEN:
+            found[key] = _FLOPS_SEEN[_seen_key(cell)]
             continue
         family = registry.get(cell.family)
         shape = (1,) + tuple(family.image_shape(cell.model_config))
@@ -222,92 +147,43 @@ def flops_per_config(cells: list[Cell]) -> dict[str, float]:
                 images = torch.zeros(shape, dtype=torch.uint8)
             found[key] = throughput.flops_per_image(model, images)
         except Exception:  # noqa: BLE001 - an op without a meta kernel: count on real tensors
-            torch.manual_seed(0)
-            model = family.build_model(cell.model_config)
-            found[key] = throughput.flops_per_image(model, torch.zeros(shape, dtype=torch.uint8))
+            with _cannot_build(cell, "count its FLOPs"):
+                torch.manual_seed(0)
+                model = family.build_model(cell.model_config)
+                found[key] = throughput.flops_per_image(model, torch.zeros(shape,
+                                                                            dtype=torch.uint8))
+        _FLOPS_SEEN[_seen_key(cell)] = found[key]
+        if progress is not None:
+            progress.advance(f"FLOPs of {cell.name}")
     return found
 
 
-def memory_per_cell(cells: list[Cell]) -> dict[str, int]:
+def memory_per_cell(cells: list[Cell], progress: PhaseProgress | None = None
+                    ) -> dict[str, int]:
     """Expected peak memory of each train cell's training step (weights, gradients, AdamW, EMA
     and the activations kept for backward at its batch size and activation checkpointing),
     measured on the meta device: no weights allocated, no arithmetic done."""
-    found: dict[tuple, int] = {}
     memory = {}
     for cell in cells:
-        if cell.kind != "train" or cell.train.max_steps == 0:  # zero steps: evaluation only
+        key = _memory_key(cell)
+        if key is None:
             continue
-        key = (config_key(cell), cell.train.batch_size, cell.train.activation_checkpointing)
-        if key not in found:
+        if key not in _MEMORY_SEEN:
             family = registry.get(cell.family)
-            with torch.device("meta"):
-                model = family.build_model(cell.model_config)
-                images = torch.zeros((cell.train.batch_size,)
-                                     + tuple(family.image_shape(cell.model_config)),
-                                     dtype=torch.uint8)
-            if cell.train.activation_checkpointing:
-                model.use_activation_checkpointing(True)
-            found[key] = throughput.training_memory_bytes(model, images)
-        memory[cell.name] = found[key]
+            with _cannot_build(cell, f"count its training memory at train.batch_size "
+                                     f"{cell.train.batch_size:,}"):
+                with torch.device("meta"):
+                    model = family.build_model(cell.model_config)
+                    images = torch.zeros((cell.train.batch_size,)
+                                         + tuple(family.image_shape(cell.model_config)),
+                                         dtype=torch.uint8)
+                if cell.train.activation_checkpointing:
+                    model.use_activation_checkpointing(True)
+                _MEMORY_SEEN[key] = throughput.training_memory_bytes(model, images)
+            if progress is not None:
+                progress.advance(f"training memory of {cell.name}")
+        memory[cell.name] = _MEMORY_SEEN[key]
     return memory
-
-
-def probe_models(cells: list[Cell], flops: dict[str, float], probe_steps: int, jobs: int,
-                 threads: int, speed: SpeedSpec | None = None) -> dict[str, Probe]:
-    """Probe each model of distinct cost once: configs with the same family, parameter count and
-    FLOPs per image (e.g. one VDVAE at several effective depths) share one probe. With jobs > 1
-    the probe runs in `jobs` processes at once, so contention between them is measured."""
-    groups: dict[tuple, list[str]] = {}
-    tasks: dict[tuple, tuple] = {}
-    for cell in cells:
-        if cell.kind not in ("train", "speed"):
-            continue
-        key = config_key(cell)
-        batch = cell.train.batch_size if cell.kind == "train" else 1
-        group = (cell.family, cell.params, flops.get(key), batch, cell.kind)
-        if key not in groups.setdefault(group, []):
-            groups[group].append(key)
-        if group in tasks:
-            continue
-        if cell.kind == "speed":
-            sample_batches = tuple(sorted(set(speed.batch_sizes) | set(speed.naive_batch_sizes)))
-            naive_batches = tuple(speed.naive_batch_sizes)
-        else:
-            sample_batches = tuple(b for b in (cell.eval.sample_batch_size,
-                                               cell.eval.n_grid_samples) if b)
-            naive_batches = (cell.eval.sample_batch_size,)
-        tasks[group] = (cell.family, cell.model_config, batch, _eval_batch(cell),
-                        probe_steps if cell.kind == "train" and cell.train.max_steps != 0
-                        else 0, sample_batches,
-                        naive_batches)
-    if not tasks:
-        return {}
-    group_list, task_list = list(tasks), list(tasks.values())
-    if jobs <= 1:
-        results = _probe_all(task_list, threads)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = [pool.submit(_probe_all, task_list, threads) for _ in range(jobs)]
-            runs = [f.result() for f in futures]
-        results = []
-        for index in range(len(task_list)):
-            samples = [run[index] for run in runs]
-            merged = samples[0]
-            for name in ("train_step_s", "forward_s_per_image"):
-                values = [getattr(s, name) for s in samples if getattr(s, name) is not None]
-                setattr(merged, name, sum(values) / len(values) if values else None)
-            merged.pass_s = {b: sum(s.pass_s[b] for s in samples) / len(samples)
-                             for b in merged.pass_s}
-            for name in ("naive_s", "cached_s"):
-                setattr(merged, name, {b: sum(getattr(s, name)[b] for s in samples) / len(samples)
-                                       for b in getattr(merged, name)})
-            results.append(merged)
-    probes: dict[str, Probe] = {}
-    for group, probe in zip(group_list, results):
-        for key in groups[group]:
-            probes[key] = dataclasses.replace(probe, flops_per_image=flops.get(key))
-    return probes
 
 
 # --------------------------------------------------------------------------- estimating
@@ -413,7 +289,7 @@ def study_estimates(family: registry.Family, evaluation, cost: StudyCost) -> dic
 
 def makespan(durations: list[float], jobs: int) -> float:
     """Wall time of running jobs longest-first on `jobs` workers (greedy list scheduling)."""
-    workers = [0.0] * max(1, jobs)
+    workers = [0.0] * max(1, min(jobs, len(durations)))  # more workers than cells stay idle
     for duration in sorted(durations, reverse=True):
         workers[workers.index(min(workers))] += duration
     return max(workers)
@@ -426,11 +302,15 @@ def make_plan(experiment: ExperimentConfig, cells: list[Cell], jobs: int, thread
     flops_per_s = runner.flops_per_s if runner.estimate == "flops" else None
     probe_steps = runner.probe_steps if runner.estimate == "probe" else 0
     start = time.perf_counter()
-    flops = flops_per_config(cells)
+    counting = PhaseProgress("plan", uncounted(cells), verb="counted")
+    counting.start(f"counting the FLOPs and training memory of {counting.count} model "
+                   "config(s) on the meta device (shapes only: no weights, no arithmetic)")
+    flops = flops_per_config(cells, counting)
+    memory = memory_per_cell(cells, counting)
+    counting.close()
     # The FLOP-rate estimate needs no timing at all (and a paper-size model is slow on a CPU).
     probes = {} if flops_per_s else probe_models(cells, flops, probe_steps, jobs, threads,
                                                  experiment.sampling_speed)
-    memory = memory_per_cell(cells)
     estimates = []
     for cell in cells:
         probe = probes.get(config_key(cell)) or (

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.engine import distributed
+from harness.engine import distributed, progress
 from harness.engine.train import resolve_device
 from harness.errors import UserError
 from harness.experiment.schema import Cell
@@ -60,7 +60,8 @@ def run_on_ranks(cell: Cell, context: CellContext, root: Path, info: distributed
         if announce is not None:
             announce()
         try:
-            status = run_cell(cell, context, directory)
+            with progress.labelled(cell.name):
+                status = run_cell(cell, context, directory)
             if after_run is not None:
                 after_run(directory)
         finally:

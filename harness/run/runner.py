@@ -37,7 +37,8 @@ from harness.run import locks, ranks, speed_phase
 from harness.run.cell import check_checkpoints, load_splits, missing_inputs
 from harness.run.console import quiet, say
 from harness.run.launchers import gpus, local
-from harness.run.plan import Plan, fmt_bytes, fmt_duration, make_plan, makespan
+from harness.run.plan import Plan, fmt_bytes, make_plan, makespan
+from harness.run.progress import fmt_duration
 from harness.run.provenance import available_cores
 from harness.run.results_folder import (CellContext, cell_dir, check_resumable,
                                         default_results_dir, read_speed, read_status,
@@ -130,12 +131,31 @@ def _data_sizes(experiment: ExperimentConfig) -> tuple[int | None, int | None, i
         splits = load_splits(data)
     except UserError as error:
         raise UserError(f"{experiment.path}: data: {error}") from None
-    n_train = len(splits.train) if data.train_images is None else min(len(splits.train),
-                                                                      data.train_images)
-    n_test = len(splits.test) if data.test_images is None else min(len(splits.test),
-                                                                   data.test_images)
+    n_train = _used_images(data, "train", data.train_images, len(splits.train))
+    n_test = _used_images(data, "test", data.test_images, len(splits.test))
+    _used_images(data, "validation", data.validation_images, len(splits.validation))
     c, h, w = splits.image_shape
     return n_train, n_test, c * h * w
+
+
+def _used_images(data, split: str, asked: int | None, available: int) -> int:
+    """How many images of a split the cells use; asking for more than it has says so."""
+    if asked is None or asked <= available:
+        return available if asked is None else asked
+    say(f"note: data.{split}_images is {asked:,} but {data.dataset}'s {split} split has "
+        f"{available:,} images: all {available:,} are used")
+    return available
+
+
+def _check_batch_sizes(experiment: ExperimentConfig, cells: list[Cell],
+                       n_train: int | None) -> None:
+    """A training batch larger than the training set: refused before anything runs."""
+    for cell in cells:
+        if (cell.kind == "train" and n_train is not None and cell.data == experiment.data
+                and cell.train.max_steps != 0 and cell.train.batch_size > n_train):
+            raise UserError(f"cell {cell.name}: train.batch_size ({cell.train.batch_size:,}) "
+                            f"exceeds the {n_train:,} training images; lower it (or raise "
+                            "data.train_images)")
 
 
 def _build_report(root: Path) -> int:
@@ -173,6 +193,10 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         if not info.is_main:
             quiet()  # only rank 0 talks
     root = Path(results_dir) if results_dir is not None else default_results_dir(experiment)
+    if results_dir is not None:
+        atomic.check_output_folder(root, "--results")
+    else:
+        atomic.check_output_folder(root, "results folder", "move that file or pass --results DIR")
     context = CellContext(experiment=experiment.name, data=experiment.data,
                           sampling_speed=experiment.sampling_speed)
     for cell in cells:
@@ -204,6 +228,7 @@ def run_experiment(path: Path, results_dir: Path | None = None,
         raise UserError(f"nothing to run: every cell lacks an input; {first}"
                         if len(unavailable) > 1 else first)
     check_checkpoints(runnable)  # a bad weights file: one line, exit 2, before any cell runs
+    _check_batch_sizes(experiment, runnable, n_train)
     plan = make_plan(experiment, runnable, jobs, threads, n_train, n_test, dims)
     speed_pending = [c.name for c in runnable if speed_phase.measures_speed(c, context)
                      and not speed_phase.measured(c, context, root)]

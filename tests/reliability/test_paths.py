@@ -1,18 +1,23 @@
-"""Paths: experiment and cell names, `--results`, dataset `path` options and symlinks
-planted in a results folder cannot make the harness write outside the results folder."""
+"""Paths: experiment and cell names, `--results`, dataset `path` options and symlinks planted in
+a results folder cannot make the harness write outside the results folder; a file where an
+output folder should be is one line, not a traceback.
+
+$HOME, $TMPDIR and $XDG_CACHE_HOME point at sandboxes of their own inside the watched folder, so
+a stray write to the home directory, a cache or the temporary folder fails the tests too."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from data_fixtures import write_idx_dataset, write_png_folder
 from harness.cli import main
+from harness.run import runner  # before any sandbox: importing it writes matplotlib's font cache
 
 CODEC_ONLY = """\
 name: {name}
@@ -29,6 +34,9 @@ runner: {{jobs: 1, threads_per_job: 1, report: {report}, estimate: flops, flops_
 """
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def harness(*args: str) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -42,10 +50,17 @@ def snapshot(root: Path) -> set[Path]:
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch) -> Path:
-    """tmp/work is the working directory; tmp/data holds an MNIST and a PNG folder."""
+    """tmp/work is the working directory; tmp/data holds an MNIST and a PNG folder; tmp/home,
+    tmp/tmp and tmp/cache are $HOME, $TMPDIR and $XDG_CACHE_HOME."""
     write_idx_dataset(tmp_path / "data" / "mnist", 16, 8)
     write_png_folder(tmp_path / "data" / "pictures", 10, 8)
-    (tmp_path / "work").mkdir()
+    for name, variable in (("work", None), ("home", "HOME"), ("tmp", "TMPDIR"),
+                           ("cache", "XDG_CACHE_HOME")):
+        (tmp_path / name).mkdir()
+        if variable:
+            monkeypatch.setenv(variable, str(tmp_path / name))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads $TMPDIR again
+    monkeypatch.delenv("HARNESS_DATA", raising=False)  # the default data root is in $HOME
     monkeypatch.chdir(tmp_path / "work")
     monkeypatch.setenv("HARNESS_DOWNLOAD", "0")
     return tmp_path
@@ -88,10 +103,36 @@ def test_every_write_lands_inside_the_results_folder(sandbox, results):
     assert code == 0, err
     root = (sandbox / "work" / results).resolve()
     written = snapshot(sandbox) - before
-    # The one write elsewhere is by design: the data directory's hash cache (checksums.json).
-    outside = sorted(p for p in written if root not in p.resolve().parents
-                     and p != sandbox / "data" / "checksums.json")
-    assert written and not outside, outside
+    assert written and not outside_of(root, written, sandbox), outside_of(root, written, sandbox)
+
+
+def outside_of(root: Path, written: set[Path], sandbox: Path) -> list[Path]:
+    """What was written outside `root`; the one write elsewhere by design is the data
+    directory's hash cache (checksums.json)."""
+    return sorted(p for p in written if root.resolve() not in p.resolve().parents
+                  and p != sandbox / "data" / "checksums.json")
+
+
+@pytest.mark.parametrize("where", ["results", "home", "tmp", "cache"])
+def test_a_stray_write_is_caught(sandbox, monkeypatch, where):
+    """The check of the test above fails on a write to $HOME, $TMPDIR or $XDG_CACHE_HOME (one
+    planted during the run), and passes on one inside the results folder."""
+    target = {"results": sandbox / "work" / "r" / "extra",
+              "home": Path.home() / ".stray", "tmp": Path(tempfile.gettempdir()) / "stray",
+              "cache": Path(os.environ["XDG_CACHE_HOME"]) / "stray"}[where]
+    plan = runner.print_plan
+
+    def leaky(*args, **kwargs):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("stray")
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "print_plan", leaky)
+    path = experiment(sandbox)
+    before = snapshot(sandbox)
+    assert harness("run", str(path), "--results", "r")[0] == 0
+    outside = outside_of(sandbox / "work" / "r", snapshot(sandbox) - before, sandbox)
+    assert outside == ([] if where == "results" else [target])
 
 
 @pytest.mark.parametrize("option", ["../data/pictures", "{data}/pictures", "../../{name}/data/pictures"])
@@ -140,3 +181,66 @@ def test_a_trailing_newline_in_a_name_is_refused(sandbox, where):
     code, err = harness("run", str(path))
     assert code == 2 and len(err.splitlines()) == 1 and "name" in err, err
     assert snapshot(sandbox) == before
+
+
+# --------------------------------------------------------------------------- a file in the way
+
+
+@pytest.mark.parametrize("given", ["FILE", "FILE/sub", "FILE/sub/deeper"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_results_path_through_a_file_is_one_line(sandbox, given, dry_run):
+    path = experiment(sandbox)
+    (sandbox / "work" / "FILE").write_text("not a folder")
+    before = snapshot(sandbox)
+    code, err = harness("run", str(path), "--results", given, *(["--dry-run"] if dry_run else []))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"harness: error: --results {given}: ") and "not a folder" in err, err
+    assert snapshot(sandbox) == before
+
+
+def test_a_file_named_like_the_default_results_folder_is_one_line(sandbox):
+    path = experiment(sandbox)
+    (sandbox / "work" / "results").write_text("not a folder")
+    code, err = harness("run", str(path))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "results folder results/paths: results is a file" in err and "--results" in err, err
+
+
+@pytest.mark.parametrize("given", ["FILE", "FILE/sub"])
+def test_evaluate_into_a_file_is_one_line(sandbox, given):
+    weights = REPO / "examples" / "vdvae_tiny_cifar" / "vdvae_tiny_cifar-model-ema.th"
+    (sandbox / "work" / "FILE").write_text("not a folder")
+    before = snapshot(sandbox)
+    code, err = harness("evaluate", str(weights), "--model", "cifar10_tiny", "--dataset",
+                        "image_folder", "--set", f"path={sandbox / 'data' / 'pictures'}",
+                        "--results", given)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"harness: error: --results {given}: ") and "not a folder" in err, err
+    assert snapshot(sandbox) == before
+
+
+@pytest.fixture
+def results(sandbox) -> Path:
+    """A finished codec-only run in work/r (report not built)."""
+    assert harness("run", str(experiment(sandbox)), "--results", "r")[0] == 0
+    return sandbox / "work" / "r"
+
+
+@pytest.mark.parametrize("given", ["FILE", "FILE/sub"])
+def test_a_report_out_through_a_file_is_one_line(sandbox, results, given):
+    (sandbox / "work" / "FILE").write_text("not a folder")
+    before = snapshot(sandbox)
+    code, err = harness("report", str(results), "--out", given)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"harness: error: --out {given}: ") and "not a folder" in err, err
+    assert snapshot(sandbox) == before
+
+
+def test_a_file_inside_the_report_folder_is_one_line(sandbox, results):
+    """The class, past the up-front check: a file where the report writes a folder (out/<exp>)
+    is one line naming that path."""
+    (sandbox / "work" / "out").mkdir()
+    (sandbox / "work" / "out" / "paths").write_text("not a folder")
+    code, err = harness("report", str(results), "--out", "out")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("harness: error: out/paths") and "Not a directory" in err, err

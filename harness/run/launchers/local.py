@@ -20,13 +20,14 @@ import torch.distributed as dist
 
 from harness import atomic
 from harness.contract import STATUS_FILE
+from harness.engine import progress
 from harness.run import locks
 from harness.run.cell import run_cell
 from harness.run.results_folder import CellContext, read_status
 from harness.run.console import outcome, say
 from harness.run.launchers import gpus
 from harness.run.launchers.cell_task import CellTask
-from harness.run.plan import fmt_duration
+from harness.run.progress import fmt_duration
 from harness.run.ranks import run_on_ranks
 from harness.run.results_folder import cell_dir, rebuild_shared_files
 
@@ -61,7 +62,8 @@ def _run_locked(cell, context: CellContext, root: Path, announce=None) -> dict |
         if lock.removed_temporaries:
             say(f"  {cell.name}: removed {len(lock.removed_temporaries)} half-written "
                 "temporary file(s) of a killed run")
-        return run_cell(cell, context, cell_dir(root, cell.name))
+        with progress.labelled(cell.name):
+            return run_cell(cell, context, cell_dir(root, cell.name))
     finally:
         lock.release()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import submitit
 import torch
 
+from harness.engine import progress
 from harness.contract import LAUNCH_FILE
 from harness.experiment.schema import Cell
 from harness.run import locks
@@ -51,7 +52,8 @@ class CellJob(CellTask, submitit.helpers.Checkpointable):
         try:
             status = read_status(cell_dir(root, cell.name))
             if status.get("status") != "done":
-                status = run_cell(cell, self.context, cell_dir(root, cell.name))
+                with progress.labelled(cell.name):
+                    status = run_cell(cell, self.context, cell_dir(root, cell.name))
             record_job(cell_dir(root, cell.name))
         finally:
             lock.release()
