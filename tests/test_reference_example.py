@@ -25,7 +25,7 @@ from models.vdvae_presets import PRESETS
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "vdvae_tiny_cifar"
 README = (EXAMPLE / "README.md").read_text(encoding="utf-8")
-FIGURE = re.compile(r"\(raw = ema weights\): (\d+\.\d+) ± (\d+\.\d+) bits/dim")
+FIGURE = re.compile(r"model-ema\.th: (\d+\.\d+) ± (\d+\.\d+) bits/dim")
 
 
 def documented_command() -> list[str]:
