@@ -57,6 +57,8 @@ eval:
   sample_repeats: 1
   sample_warmup: 0
   n_grid_samples: 4
+  quality_samples: 0     # the quality study has its own tests; here it would only add imports
+  hierarchy_samples: 2
 codecs: [png]
 runner:
   jobs: 1
