@@ -65,9 +65,10 @@ class _SampleSet:
     cached one of an autoregressive model) from a generator seeded with eval.noise_seed, and
     saved as `samples.npy` (uint8 (n, C, H, W))."""
 
-    def __init__(self, model, family, config: EvalConfig, n: int, out_dir: Path, label: str):
+    def __init__(self, model, family, config: EvalConfig, n: int, out_dir: Path, label: str,
+                 show_progress: bool = True):
         self.model, self.family, self.config, self.n = model, family, config, n
-        self.out_dir, self.label = out_dir, label
+        self.out_dir, self.label, self.show_progress = out_dir, label, show_progress
         self.images: np.ndarray | None = None
 
     def __call__(self) -> np.ndarray:
@@ -78,7 +79,7 @@ class _SampleSet:
             generator = torch.Generator(device=device).manual_seed(self.config.noise_seed)
             parts = []
             with PhaseProgress(self.label, f"sample set ({sampler.method} sampler)", self.n,
-                               every_s=15.0) as progress:
+                               every_s=15.0, enabled=self.show_progress) as progress:
                 for first in range(0, self.n, SAMPLE_CHUNK):
                     count = min(SAMPLE_CHUNK, self.n - first)
                     samples = self.model.sample(count, generator=generator, **sampler.kwargs)
@@ -98,11 +99,12 @@ def _run_study(study: Study, context: StudyContext, label: str,
         rows = study.run(context)
     except StudySkipped as skip:
         record[key] = {"status": "skipped", "reason": str(skip)}
-        print(f"{label + ': ' if label else ''}{key} skipped: {skip}", file=sys.stderr, flush=True)
+        if context.show_progress:
+            print(f"{label + ': ' if label else ''}{key} skipped: {skip}", file=sys.stderr, flush=True)
         return []
     wall_s = time.perf_counter() - start
     record[key] = {"status": "done", "wall_s": wall_s, "rows": len(rows)}
-    if wall_s >= 2.0:
+    if wall_s >= 2.0 and context.show_progress:
         print(f"{label + ': ' if label else ''}{key}: {wall_s:.1f} s", file=sys.stderr,
               flush=True)
     return rows
@@ -120,7 +122,8 @@ def _relabelled(rows: list[dict[str, Any]], source: str, name: str,
 def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
              config: EvalConfig, out_dir: Path,
              info: distributed.DistInfo | None = None, train_images=None,
-             label: str = "", cache_dir: Path | None = None) -> list[dict[str, Any]]:
+             label: str = "", cache_dir: Path | None = None,
+             show_progress: bool = True) -> list[dict[str, Any]]:
     """Evaluate each of `config.weights` (keys of `models`: "raw", "ema", models of `family`) on
     every test image with every study that applies; returns tidy rows (docs/results.md), the
     caller adds experiment, cell, model and dataset. The caller's RNG state is left as it was.
@@ -167,7 +170,7 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
                 if wants_means else None
             start = time.perf_counter()
             with PhaseProgress(label, f"likelihood pass ({name} weights)", n,
-                               enabled=info.is_main) as progress:
+                               enabled=info.is_main and show_progress) as progress:
                 passes[name] = likelihood_pass(model, test_images, batch_size, config.noise_seed,
                                                info, moments[name], progress=progress.update)
             record[f"likelihood_pass[{name}]"] = {"status": "done",
@@ -183,17 +186,19 @@ def evaluate(models: dict[str, nn.Module], family: registry.Family, test_images,
             context = StudyContext(model=model, family=family, images=test_images,
                                    config=config, out_dir=out_dir, weights=name,
                                    likelihood=arrays, eval_images_per_s=images_per_s,
-                                   moments=moments[name], label=label, cache_dir=cache_dir)
+                                   moments=moments[name], label=label, cache_dir=cache_dir,
+                                   show_progress=show_progress)
             for study in running:
                 if study.scope == "weights":
                     rows += _run_study(study, context, label, record)
         sampling_model = chosen.get("ema", next(iter(chosen.values())))
         sample_set = _SampleSet(sampling_model, family, config,
-                                sample_set_size(running, config, n), out_dir, label)
+                                sample_set_size(running, config, n), out_dir, label,
+                                show_progress)
         context = StudyContext(model=sampling_model, family=family, images=test_images,
                                config=config, out_dir=out_dir, samples=sample_set,
                                train_images=lambda: train_images, label=label,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, show_progress=show_progress)
         for study in running:
             if study.scope == "cell":
                 rows += _run_study(study, context, label, record)

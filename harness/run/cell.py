@@ -183,7 +183,8 @@ def _train_and_evaluate(cell: Cell, context: CellContext, cell_dir: Path):
     rows = evaluate(evaluated, family, _first(splits.test, cell.data.test_images),
                     cell.eval, cell_dir,
                     train_images=_first(splits.train, cell.data.train_images), label=cell.name,
-                    cache_dir=cell_dir.parent.parent / CACHE_DIR)
+                    cache_dir=cell_dir.parent.parent / CACHE_DIR,
+                    show_progress=cell.train.progress != "off")
     return rows, result, checkpoint
 
 

@@ -75,6 +75,7 @@ class StudyContext:
     train_images: Callable[[], Any] = field(default=lambda: None)
     label: str = ""                  # the cell's name, for progress lines
     cache_dir: Path | None = None    # run-wide cache (results/.cache): inputs shared by cells
+    show_progress: bool = True       # progress lines on stderr (off: train.progress "off")
 
     @property
     def base(self) -> dict[str, Any]:

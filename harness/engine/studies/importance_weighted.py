@@ -24,7 +24,7 @@ def run(context: StudyContext) -> list[dict]:
     subset = images if n_iw == n else images[:n_iw]
     batch_size = config.batch_size_on(throughput.model_device(context.model).type)
     with PhaseProgress(context.label, f"IW bound k={config.iw_k} ({context.weights} weights)",
-                       n_iw) as progress:
+                       n_iw, enabled=context.show_progress) as progress:
         values = iw_pass(context.model, subset, config.iw_k, config.iw_chunk_size, batch_size,
                          config.noise_seed, progress=progress.update)
     save_npy(values, context.out_dir / f"per_image_iw_bits_per_dim_{context.weights}.npy")
