@@ -1,5 +1,5 @@
-"""Numbers that pass `validate` and used to crash `run` (issue 26 §1), and values that were
-silently capped (§7): each is refused in one line before anything runs, or said out loud."""
+"""Numbers that pass `validate` and used to crash `run`, and values that were silently capped:
+each is refused in one line before anything runs, or said out loud."""
 
 from __future__ import annotations
 

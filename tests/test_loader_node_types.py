@@ -1,6 +1,6 @@
-"""Every read of a YAML node checks its type first (issue 26 §1): any section of any shipped
-experiment replaced by a number, a string, a list or null, with smoke on or off, is valid or one
-line naming where — never an AttributeError from a `.keys()` on an int."""
+"""Every read of a YAML node checks its type first: any section of any shipped experiment replaced
+by a number, a string, a list or null, with smoke on or off, is valid or one line naming where —
+never an AttributeError from a `.keys()` on an int."""
 
 from __future__ import annotations
 

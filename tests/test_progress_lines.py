@@ -1,6 +1,6 @@
-"""No silent minute (issue 26 §2): the plan's counts and probe show progress with an ETA (a tqdm
-bar on a terminal, plain lines otherwise), each training line names its cell, and Ctrl-C
-during a dry run does not claim saved work."""
+"""No silent minute: the plan's counts and probe show progress with an ETA (a tqdm bar on a
+terminal, plain lines otherwise), each training line names its cell, and Ctrl-C during a dry run
+does not claim saved work."""
 
 from __future__ import annotations
 

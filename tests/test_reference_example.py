@@ -1,6 +1,6 @@
-"""The shipped reference model (examples/vdvae_tiny_cifar/, issue 26 §6): its files are the
-reference bundle's, and the one command its README gives reproduces the README's figure, which
-agrees with the reference's own figure within the one-sample ELBO's noise."""
+"""The shipped reference model (examples/vdvae_tiny_cifar/): its files are the reference bundle's,
+and the one command its README gives reproduces the README's figure, which agrees with the
+reference's own figure within the one-sample ELBO's noise."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`harness status` (issue 26 §4): a cell whose status.json says running but whose lock no live
-process holds (Ctrl-C, SIGKILL) reads `interrupted`, with the command that resumes it; the last
-log line of a cell run on this machine comes from its own files."""
+"""`harness status`: a cell whose status.json says running but whose lock no live process holds
+(Ctrl-C, SIGKILL) reads `interrupted`, with the command that resumes it; the last log line of a
+cell run on this machine comes from its own files."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ from harness.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 NAME = "image_folder"
-HOW_TO_GET = ("set its path option to a folder of PNG/JPEG images (data.options.path in an "
-              "experiment file, --set path=DIR for harness evaluate)")
+# Written as the dotted key (harness evaluate names it --set path=DIR instead).
+HOW_TO_GET = "pass data.options.path=DIR, a folder of PNG/JPEG images"
 
 
 def list_images(folder: Path, *, recursive: bool) -> list[Path]:

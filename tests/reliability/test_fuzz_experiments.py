@@ -1,5 +1,7 @@
-"""Fuzzed experiment files: mutations of every shipped experiment, up to three (keys dropped, renamed, retyped, moved, nested; odd values), each run through `harness run
---dry-run` in this process with the FLOP-rate estimate (no probe). Each is a plan or one line `harness: error: ...` with exit 2, never a traceback, and nothing is written outside the
+"""Fuzzed experiment files: mutations of every shipped experiment, up to three places at once
+(keys dropped, renamed, retyped, moved, nested; odd values), each run through
+`harness run --dry-run` in this process with the FLOP-rate estimate (no probe). Each is a plan or
+one line `harness: error: ...` with exit 2, never a traceback, and nothing is written outside the
 results folder: not next to the file, not in $HOME, $TMPDIR or $XDG_CACHE_HOME (each pointed at
 a sandbox of its own and watched), not in the data directory but for its checksum cache."""
 
@@ -29,7 +31,7 @@ DEAR = ["depth_sweep.yaml", "depth_sweep_cifar10.yaml", "depth_sweep_imagenet32.
 CHEAP = [name for name in SHIPPED if name not in DEAR]
 # The published-checkpoint files plan only with the released weights on disk: without them a
 # dry run ends in one line saying where to get them, so the two files that plan carry more.
-WEIGHTED = CHEAP + 3 * [name for name in CHEAP if not name.startswith("published")]
+WEIGHTED = CHEAP + 5 * [name for name in CHEAP if not name.startswith("published")]
 TEXTS = {name: (REPO / "experiments" / name).read_text(encoding="utf-8") for name in SHIPPED}
 TREES = {name: yaml.safe_load(text) for name, text in TEXTS.items()}
 NO_PROBE = ["--set", "runner.estimate=flops", "--set", "runner.flops_per_s=1e9"]

@@ -21,8 +21,8 @@ from pathlib import Path
 import submitit
 import torch
 
-from harness.engine import progress
 from harness.contract import LAUNCH_FILE
+from harness.engine import progress
 from harness.experiment.schema import Cell
 from harness.run import locks
 from harness.run.cell import run_cell
