@@ -174,7 +174,7 @@ def test_figures_are_written_as_png(built):
 def test_report_markdown_states_provenance_compute_and_caveats(built):
     _, report = built
     text = (report.directory / "report.md").read_text(encoding="utf-8")
-    assert "**machine:** ci-runner: Linux-6.1-x86_64, x86_64, 2 cores, 1 torch threads" in text
+    assert "**machine:** ci-runner: Linux-6.1-x86_64, x86_64, 2 cores, 1 torch thread" in text
     assert "**versions:** numpy 2.4.6, python 3.11.2, torch 2.13.0\n" in text  # None left out
     assert "**git revision:** 0123abcd4567\n" in text and "**device:** cpu" in text
     total = (sum(420.0 + depth for _, depth, _, _ in builder.VDVAE_CELLS) + 610.0 + 2 * 3.0

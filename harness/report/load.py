@@ -331,7 +331,8 @@ def _describe(key: str, value) -> str:
         if not _missing(value.get("cores")):
             parts.append(f"{value['cores']} cores")
         if not _missing(value.get("torch_threads")):
-            parts.append(f"{value['torch_threads']} torch threads")
+            threads = value["torch_threads"]
+            parts.append(f"{threads} torch thread{'' if threads == 1 else 's'}")
         host = value.get("hostname")
         text = ", ".join(parts) or _flatten(value)
         return f"{host}: {text}" if not _missing(host) else text
