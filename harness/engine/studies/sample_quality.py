@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from harness import atomic
+from harness.engine.artifacts import save_npy
 from harness.engine.studies.base import SAMPLES, Study, StudyContext, StudySkipped, register
 
 METRICS = ("fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
@@ -61,10 +62,7 @@ def _train_features(train: np.ndarray, extractor, cache_dir: Path | None):
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
     embedded = embed(train, extractor)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = __import__("io").BytesIO()
-    np.save(buffer, embedded.features)
-    atomic.write_bytes(path, buffer.getvalue())
+    save_npy(embedded.features, path)
     return embedded
 
 
