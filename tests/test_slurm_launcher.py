@@ -198,11 +198,19 @@ def test_cancelled_job_fails_and_a_rerun_resubmits_it(slurm_cluster, tmp_path, c
     cancelled = _launch(results, "pixelcnn_s0")["job_id"]
     subprocess.run(["scancel", cancelled], check=True, timeout=30)
 
+    seen = {"status": ""}
+
     def settled() -> bool:
         main(["status", str(results)])
-        text = capsys.readouterr().out
-        return "running" not in text and "pending" not in text
-    _wait_for(settled, 180, "every cell to end")
+        seen["status"] = text = capsys.readouterr().out
+        # The state column, not the whole text: a log line may say "cancelled while pending".
+        states = {line.split()[1] for line in text.splitlines()[1:] if len(line.split()) > 1
+                  and not line.startswith(str(results))}
+        return not states & {"running", "pending"}
+    try:
+        _wait_for(settled, 180, "every cell to end")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; the last `harness status`:\n{seen['status']}") from None
     assert main(["status", str(results)]) == 1  # not every cell is done
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert lines["pixelcnn_s0"].split()[1] == "failed" and cancelled in lines["pixelcnn_s0"]
