@@ -91,6 +91,7 @@ def _figures(rows: list[dict]) -> list[tuple]:
     return [(r["metric"], r.get("layer"), r["value"]) for r in rows if r["metric"] in FIGURES]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_evaluate_every_image_as_one_process(tmp_path):
     """Sharded evaluation: each rank takes every other batch, and the gathered per-image values
     (and so every figure) equal one process's exactly."""

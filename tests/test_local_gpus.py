@@ -52,6 +52,7 @@ runner: {jobs: 1, threads_per_job: 1, estimate: flops, flops_per_s: 2.0e9, repor
 """
 
 
+@pytest.mark.slow
 def test_a_two_gpu_cell_runs_under_torchrun(tmp_path, monkeypatch, capsys):
     """Two "GPUs" (device_count patched; CUDA stays off, so the ranks use gloo on the CPU):
     the cell runs in a torchrun child on both, rank 0 writes the results."""

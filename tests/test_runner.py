@@ -195,6 +195,7 @@ def _harness(*args: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_killed_runner_leaves_a_cell_that_the_next_run_resumes(tmp_path, data_dir):
     path = write_experiment(tmp_path, data_dir, steps=60, every=5)
     results = tmp_path / "r"
@@ -224,6 +225,7 @@ def test_killed_runner_leaves_a_cell_that_the_next_run_resumes(tmp_path, data_di
     assert steps_before < 60 and sorted(set(steps)) == list(range(1, 61))
 
 
+@pytest.mark.slow
 def test_two_runners_run_each_cell_exactly_once(tmp_path, data_dir):
     path = write_experiment(tmp_path, data_dir, steps=6, every=3)
     results = tmp_path / "r"
@@ -245,6 +247,7 @@ def test_two_runners_run_each_cell_exactly_once(tmp_path, data_dir):
         assert [r["status"] for r in csv.DictReader(handle)] == ["done"] * 3
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_same_results_as_one_job(tmp_path, data_dir):
     path = write_experiment(tmp_path, data_dir, steps=3, every=3)
     overrides = ["codecs=[]"]

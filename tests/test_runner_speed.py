@@ -8,6 +8,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from test_runner import data_dir, write_experiment  # noqa: F401 - data_dir is a fixture
 
 from harness.atomic import read_jsonl
@@ -83,6 +85,7 @@ def test_speed_rows_come_from_a_phase_after_every_cell(tmp_path, data_dir, monke
         assert float(summary[row["cell"]]["sample_images_per_s"]) == row["value"]
 
 
+@pytest.mark.slow
 def test_speed_phase_is_resumable_and_not_redone(tmp_path, data_dir, monkeypatch,  # noqa: F811
                                                  capsys):
     path = write_experiment(tmp_path, data_dir)
@@ -121,6 +124,7 @@ def test_speed_phase_is_resumable_and_not_redone(tmp_path, data_dir, monkeypatch
     assert sorted(r["cell"] for r in speed) == sorted(MODEL_CELLS)
 
 
+@pytest.mark.slow
 def test_changed_stopping_rule_remeasures_without_rerunning_the_cell(tmp_path,
                                                                       data_dir):  # noqa: F811
     path = write_experiment(tmp_path, data_dir)

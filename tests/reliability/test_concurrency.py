@@ -23,6 +23,7 @@ def _started(outputs) -> list[str]:
             if line.startswith("→ ")]
 
 
+@pytest.mark.slow
 def test_three_runners_at_once_run_each_cell_once(tmp_path):
     path = write_sweep(tmp_path, steps=6, every=2, report=False)
     reference = start(path, tmp_path / "single")

@@ -58,6 +58,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damage_is_detected_and_only_that_cell_redone(tmp_path, undamaged, damage):
     path, clean, expected = undamaged

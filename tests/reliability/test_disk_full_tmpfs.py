@@ -33,6 +33,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_filesystem_that_fills_up_mid_sweep(tmp_path, small_disk):
     path = write_sweep(tmp_path, steps=8, every=2, report=False)
     reference = start(path, tmp_path / "reference")

@@ -15,6 +15,7 @@ from .smoke_sweep import deterministic_view, start, wait_for, write_sweep
 ONE_CELL = ("--set", "models.vdvae.sweep.grid.effective_depth=[5]", "--set", "codecs=[]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_cleanly_and_a_rerun_resumes(tmp_path, sig, code):
     path = write_sweep(tmp_path, steps=40, every=5, report=False)
