@@ -97,6 +97,32 @@ def _column_labels(entry: dict) -> list[str]:
     return [str(v) for v in values]
 
 
+def column_change(images: np.ndarray) -> np.ndarray:
+    """uint8 (rows, cols, C, H, W) -> (cols,): mean |pixel difference| between each column and
+    the one before it, as a fraction of the 0-255 range (NaN for the first column)."""
+    pixels = images.astype(np.float64) / 255.0
+    change = np.abs(np.diff(pixels, axis=1)).mean(axis=(0, 2, 3, 4))
+    return np.concatenate([[np.nan], change])
+
+
+def redraw_spread(images: np.ndarray) -> np.ndarray:
+    """uint8 (n_images, cols, redraws, C, H, W) -> (cols,): the standard deviation of each pixel
+    across an image's redraws, averaged over pixels and images, as a fraction of 0-255."""
+    pixels = images.astype(np.float64) / 255.0
+    return pixels.std(axis=2).mean(axis=(0, 2, 3, 4))
+
+
+def _annotated(columns: list[str], values) -> list[str]:
+    """Column labels with a measured fraction, as a percentage, on a second line (none where
+    it is NaN): short enough for the narrow columns of five panels side by side."""
+    offset = len(columns) - len(values)
+    labelled = list(columns)
+    for j, value in enumerate(values):
+        if not np.isnan(value):
+            labelled[offset + j] = f"{columns[offset + j]}\n{100 * value:.1f}%"
+    return labelled
+
+
 def _panels(results: Results, name: str, title: str, figure: str, caption: str,
             arrange) -> Rendered:
     """One panel per chosen cell; `arrange(images, originals, entry)` -> (rows, cols, C, H, W)
@@ -132,9 +158,11 @@ def generation_by_resolution(results: Results) -> Rendered:
         "drawn from the prior, all later blocks sit at their prior mean; pixels are the "
         "likelihood's mode. Read a row left to right: where the paper's claim holds (global "
         "structure first), the coarse columns already fix the object's shape and class, and "
-        "higher resolutions only add texture and detail. At G=1 every block reads the same "
-        "top state, so the later columns can change the object itself.",
-        lambda images, originals, entry: (images, _column_labels(entry)))
+        "higher resolutions only add texture and detail. Under each column: the mean |pixel "
+        "change| from the column before, in % of the 0-255 range, over every saved sample: "
+        "how much that resolution's latents still change the image.",
+        lambda images, originals, entry: (
+            images, _annotated(_column_labels(entry), column_change(images))))
 
 
 def fixed_top_resampled_below(results: Results) -> Rendered:
@@ -149,7 +177,8 @@ def fixed_top_resampled_below(results: Results) -> Rendered:
                 first = originals[i] if originals is not None else np.full_like(images[i, 0, 0],
                                                                                 255)
                 rows.append(np.stack([first] + [images[i, j, k] for j in range(n_res)]))
-        return np.stack(rows), ["input"] + [f"≤{int(v)}" for v in entry.get("column_values", [])]
+        columns = ["input"] + [f"≤{int(v)}" for v in entry.get("column_values", [])]
+        return np.stack(rows), _annotated(columns, redraw_spread(images))
     return _panels(
         results, "fixed_top_resampled_below", "Posterior latents kept up to a resolution, the "
         "rest redrawn", "fixed_top_resampled_below",
@@ -157,7 +186,9 @@ def fixed_top_resampled_below(results: Results) -> Rendered:
         "latents of the blocks up to resolution r are kept, every later block is drawn from "
         "its prior. What stays the same across a block of rows is decided at or above r; what "
         "varies is left to the finer resolutions. Global-first: keeping only the coarsest "
-        "latents keeps the shape; texture differs between redraws.", arrange)
+        "latents keeps the shape; texture differs between redraws. Under each column: the "
+        "pixel standard deviation across redraws, in % of the 0-255 range, over every saved "
+        "image: what the resolutions below r still decide.", arrange)
 
 
 def temperature_sweep(results: Results) -> Rendered:
