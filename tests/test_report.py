@@ -25,6 +25,7 @@ import pytest
 from harness.cli import main
 from harness.errors import UserError
 from harness.report import build_report, render_report
+from harness.report import figures_latents as fl
 from harness.report.load import load_results
 
 TESTS = Path(__file__).resolve().parent
@@ -169,6 +170,27 @@ def test_figures_are_written_as_png(built):
     for path in report.figures.values():
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_hierarchy_figures_print_their_measures_under_the_columns(built):
+    results = load_results(built[0])
+    cell, _, index = fl._cells_with_figures(results)[0]
+
+    generation = fl.generation_by_resolution(results)
+    images, _ = fl._load(results, cell, index, "generation_by_resolution")
+    labels = [t.get_text() for t in generation.figure.axes[0].get_xticklabels()]
+    assert labels[0] == "1×1"  # the first column has nothing before it
+    assert labels[1:] == [f"{c}\n{100 * v:.1f}%" for c, v in
+                          zip(["7×7", "14×14", "28×28"], fl.column_change(images), strict=True)]
+    assert "% of the 0-255 range" in generation.note
+
+    fixed = fl.fixed_top_resampled_below(results)
+    images, _ = fl._load(results, cell, index, "fixed_top_resampled_below")
+    labels = [t.get_text() for t in fixed.figure.axes[0].get_xticklabels()]
+    assert labels[0] == "input"
+    assert labels[1:] == [f"≤{r}\n{100 * v:.1f}%" for r, v in
+                          zip([1, 7, 14, 28], fl.redraw_spread(images), strict=True)]
+    assert "standard deviation across redraws" in fixed.note
 
 
 def test_report_markdown_states_provenance_compute_and_caveats(built):

@@ -98,11 +98,10 @@ def _column_labels(entry: dict) -> list[str]:
 
 
 def column_change(images: np.ndarray) -> np.ndarray:
-    """uint8 (rows, cols, C, H, W) -> (cols,): mean |pixel difference| between each column and
-    the one before it, as a fraction of the 0-255 range (NaN for the first column)."""
+    """uint8 (rows, cols, C, H, W) -> (cols - 1,): mean |pixel difference| between each column
+    after the first and the one before it, as a fraction of the 0-255 range."""
     pixels = images.astype(np.float64) / 255.0
-    change = np.abs(np.diff(pixels, axis=1)).mean(axis=(0, 2, 3, 4))
-    return np.concatenate([[np.nan], change])
+    return np.abs(np.diff(pixels, axis=1)).mean(axis=(0, 2, 3, 4))
 
 
 def redraw_spread(images: np.ndarray) -> np.ndarray:
@@ -113,14 +112,11 @@ def redraw_spread(images: np.ndarray) -> np.ndarray:
 
 
 def _annotated(columns: list[str], values) -> list[str]:
-    """Column labels with a measured fraction, as a percentage, on a second line (none where
-    it is NaN): short enough for the narrow columns of five panels side by side."""
+    """Column labels with a measured fraction, as a percentage, on a second line; the values
+    belong to the last len(values) columns. Short enough for five panels side by side."""
     offset = len(columns) - len(values)
-    labelled = list(columns)
-    for j, value in enumerate(values):
-        if not np.isnan(value):
-            labelled[offset + j] = f"{columns[offset + j]}\n{100 * value:.1f}%"
-    return labelled
+    return columns[:offset] + [f"{column}\n{100 * value:.1f}%"
+                               for column, value in zip(columns[offset:], values)]
 
 
 def _panels(results: Results, name: str, title: str, figure: str, caption: str,
